@@ -1,0 +1,1 @@
+"""Pure analysis: trends, verdicts and census diffs over plain values. Nothing here reads memory."""

@@ -1,0 +1,1 @@
+"""One module per CLI subcommand; ``main`` wires them into one ``click`` group lazily."""
