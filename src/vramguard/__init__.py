@@ -1,19 +1,63 @@
 """vramguard: find, explain and stop GPU memory leaks in long-running PyTorch services.
 
-The public API is what ``__all__`` lists; everything else is private. Importing vramguard does not
-import torch: the names that need it load it on first use.
+The public API is what ``__all__`` lists; everything else is private. Importing vramguard imports
+neither torch nor numpy: the names below load their modules on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vramguard.errors import EnvironmentProblem, TargetFailed, UsageError, VramguardError
+
+if TYPE_CHECKING:
+    from vramguard.analysis.samples import Sample
+    from vramguard.analysis.suspects import Site, Suspect, TensorGrowth
+    from vramguard.analysis.verdict import Growth, Verdict, VerdictKind, decide
+    from vramguard.guard import Guard
+    from vramguard.runner import CheckResult, run_check
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Guard": "vramguard.guard",
+    "Verdict": "vramguard.analysis.verdict",
+    "VerdictKind": "vramguard.analysis.verdict",
+    "Growth": "vramguard.analysis.verdict",
+    "decide": "vramguard.analysis.verdict",
+    "Sample": "vramguard.analysis.samples",
+    "Suspect": "vramguard.analysis.suspects",
+    "Site": "vramguard.analysis.suspects",
+    "TensorGrowth": "vramguard.analysis.suspects",
+    "CheckResult": "vramguard.runner",
+    "run_check": "vramguard.runner",
+}
+
 __all__ = [
+    "CheckResult",
     "EnvironmentProblem",
+    "Growth",
+    "Guard",
+    "Sample",
+    "Site",
+    "Suspect",
     "TargetFailed",
+    "TensorGrowth",
     "UsageError",
+    "Verdict",
+    "VerdictKind",
     "VramguardError",
     "__version__",
+    "decide",
+    "run_check",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vramguard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

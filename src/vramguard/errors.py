@@ -34,6 +34,16 @@ class EnvironmentProblem(VramguardError):
     exit_code = 3
 
 
+class CommandNotStarted(VramguardError):
+    """``supervise`` could not start its command: 127 not found, 126 not executable (as in sh)."""
+
+    exit_code = 127
+
+    def __init__(self, message: str, *, exit_code: int = 127, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+
+
 class TargetFailed(VramguardError):
     """The user's code under test raised (exit 4); ``__cause__`` is the original exception."""
 
@@ -43,3 +53,32 @@ class TargetFailed(VramguardError):
         super().__init__(message)
         self.completed = completed
         self.traceback_text = traceback_text
+
+
+class NvmlMissing(EnvironmentProblem):
+    """The NVML library or the NVIDIA driver behind it is missing (exit 3)."""
+
+
+class NvmlError(VramguardError):
+    """The NVIDIA driver refused an NVML call; ``code`` is NVML's return code when known."""
+
+    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class NvmlNotSupported(NvmlError):
+    """The device or driver does not support this query (a value vramguard reports as unknown)."""
+
+
+class NvmlNoPermission(NvmlError):
+    """The driver denied the query to this user (per-process memory often needs root)."""
+
+
+class GpuLost(NvmlError):
+    """The device fell off the bus (NVML_ERROR_GPU_IS_LOST); it stays marked lost."""
+
+    def __init__(self, message: str, *, index: int, code: int | None = None) -> None:
+        super().__init__(message, code=code, hint="check `dmesg` for Xid errors; the GPU "
+                         "usually needs a reset or a reboot")
+        self.index = index

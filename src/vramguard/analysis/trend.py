@@ -38,7 +38,9 @@ class Trend:
         return f"{self.slope:+.4g}/unit (95% CI {self.low:+.4g} .. {self.high:+.4g}, n={self.points})"
 
 
-def fit_trend(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95) -> Trend | None:
+def fit_trend(
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, confidence: float = 0.95
+) -> Trend | None:
     """Theil-Sen fit of ``y`` against ``x``; None with fewer than three distinct x values."""
     xs = np.asarray(x, dtype=float)
     ys = np.asarray(y, dtype=float)

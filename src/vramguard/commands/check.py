@@ -1,0 +1,55 @@
+"""``vramguard check TARGET``: call a function N times and say whether memory leaks.
+
+Exit codes: 0 no leak (cache growth and fragmentation are warnings), 1 leak, 2 usage error,
+3 environment error (e.g. CUDA asked for but not available), 4 the target raised.
+"""
+
+from __future__ import annotations
+
+import click
+
+from vramguard.commands._output import finish, progress_bar, report_target_failure
+from vramguard.errors import TargetFailed, UsageError
+from vramguard.readers.device import parse_device
+
+
+def _warmup(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"expected --warmup to be a number or 'auto', got {value!r}") from None
+
+
+@click.command()
+@click.argument("target")
+@click.option("--requests", "requests", type=int, default=300, show_default=True,
+              help="How many times to call the target.")
+@click.option("--warmup", default="auto", show_default=True,
+              help="Requests to ignore at the start (N or 'auto').")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print one vramguard.check/1 JSON document.")
+@click.option("--quiet", is_flag=True, help="No report; the exit code says it all.")
+def check(target: str, requests: int, warmup: str, device: str, as_json: bool, quiet: bool) -> int:
+    """Call TARGET (file.py:func or package.module:func) once per request and judge its memory.
+
+    \b
+    Exit codes: 0 no leak, 1 leak, 2 usage error, 3 environment error, 4 the target raised.
+    """
+    from vramguard.runner import run_check
+    from vramguard.target import load_target
+
+    if requests < 1:
+        raise UsageError(f"expected --requests to be a positive number, got {requests}")
+    warmup_value = _warmup(warmup)
+    parse_device(device)
+    try:
+        function = load_target(target)
+        with progress_bar(requests, enabled=not quiet and not as_json) as progress:
+            result = run_check(target, function, requests=requests, warmup=warmup_value,
+                               device=device, progress=progress)
+    except TargetFailed as error:
+        report_target_failure(error)
+        raise
+    return finish(result, as_json=as_json, quiet=quiet)

@@ -1,0 +1,36 @@
+"""``vramguard demo``: watch vramguard find a leak in a bundled inference service."""
+
+from __future__ import annotations
+
+import click
+
+from vramguard.commands._output import finish, progress_bar
+from vramguard.demo.service import LEAKS
+
+
+@click.command()
+@click.option("--leak", type=click.Choice(LEAKS), default="graph", show_default=True,
+              help="Which leak the demo service has ('none' for the fixed service).")
+@click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print the vramguard.check/1 document.")
+def demo(leak: str, requests: int, device: str, as_json: bool) -> int:
+    """Serve a small model with a classic leak and let vramguard check it.
+
+    Exits 0 whatever the verdict: the demo is for reading, not for CI.
+    """
+    from vramguard.demo.service import build_service
+    from vramguard.readers.device import resolve_device
+    from vramguard.runner import run_check
+
+    resolved = resolve_device(device)
+    handle = build_service(leak, device=str(resolved))
+    if not as_json:
+        click.echo(f"vramguard demo: a classifier service with leak={leak!r} on {resolved}, "
+                   f"{requests} requests", err=True)
+    target = f"vramguard.demo.service:handle (leak={leak})"
+    with progress_bar(requests, enabled=not as_json) as progress:
+        result = run_check(target, handle, requests=requests, device=str(resolved),
+                           progress=progress)
+    finish(result, as_json=as_json, quiet=False)
+    return 0

@@ -1,0 +1,1 @@
+"""A small inference service with the classic leaks, bundled for ``vramguard demo``."""

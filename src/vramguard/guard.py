@@ -1,0 +1,249 @@
+"""The Guard: wrap each request or training step, get a leak verdict at any time.
+
+Per-step cost is a clock read, a lock and a counter; memory is read only every ``k`` steps, with
+``k`` chosen from the measured cost of a read and the measured length of a step so the guard stays
+inside its overhead budget (1% by default). ``check`` runs with ``overhead_budget=None``: it reads
+after every step, because its job is a verdict in as few requests as possible.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from vramguard.analysis.samples import Sample
+from vramguard.analysis.verdict import Verdict, decide
+from vramguard.readers.census import Census, TensorGroup, diff_groups
+from vramguard.readers.device import Device, resolve_device
+from vramguard.readers.sampler import Sampler
+
+_log = logging.getLogger("vramguard")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _SampleBuffer:
+    """Bounded history: when full, keep every other sample and accept new ones half as often.
+
+    A guard runs for weeks; this keeps the whole run in view at decreasing resolution, in
+    ``capacity`` samples at most.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(16, capacity)
+        self.samples: list[Sample] = []
+        self.min_gap = 1
+
+    def add(self, sample: Sample) -> None:
+        too_close = bool(self.samples) and sample.request - self.samples[-1].request < self.min_gap
+        if too_close and sample.allocated is None:
+            return  # thinned away; census samples are rare, so those are always kept
+        self.samples.append(sample)
+        if len(self.samples) >= self.capacity:
+            self.samples = self.samples[::2]
+            self.min_gap *= 2
+
+
+class Guard:
+    """Tracks memory per request/step and gives a leak verdict. Thread-safe; bounded memory.
+
+    ``device``: "auto", "cpu", "cuda", "cuda:1", ... ``overhead_budget``: the share of step time the
+    guard may spend reading memory (``None``: read after every step). ``warmup``: requests ignored
+    by the verdict (``None``: automatic). ``census_every``: take the live-tensor census every N
+    steps instead of as often as the budget allows. ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        *,
+        overhead_budget: float | None = 0.01,
+        warmup: int | None = None,
+        max_samples: int = 512,
+        census_every: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if overhead_budget is not None and not 0 < overhead_budget < 1:
+            raise ValueError(f"overhead_budget must be between 0 and 1, got {overhead_budget!r}")
+        self.device: Device = resolve_device(device)
+        self._sampler = Sampler(self.device)
+        self._budget = overhead_budget
+        if census_every is not None and census_every < 1:
+            raise ValueError(f"census_every must be a positive number of steps, got {census_every!r}")
+        self._census_every = census_every
+        self._warmup = warmup
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buffer = _SampleBuffer(max_samples)
+        self._requests = 0
+        self._step_time = 0.0  # EWMA of one step's duration, seconds
+        self._read_cost = 0.0  # EWMA of one cheap read
+        self._census_cost = 0.0
+        self._busy_s = 0.0  # total time spent inside steps
+        self._spent_s = 0.0  # total time the guard itself spent reading memory
+        # With a budget, the first read waits until the step time is known (16 steps), so the
+        # first census does not land on a guess; without one (check), read from the first step.
+        self._next_read = self._next_census = 1 if overhead_budget is None else 16
+        self._sampling = False
+        self._failed = False
+        self._first_census: Census | None = None
+        self._baseline: Census | None = None
+        self._latest: Census | None = None
+        self._verdict: Verdict | None = None
+        self._verdict_key: tuple[int, int] = (-1, -1)
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def step(self) -> _Step:
+        """Context manager for one request or step (hot path: see ``bench/guard_overhead.py``)."""
+        return _Step(self)
+
+    def track(self, fn: F) -> F:
+        """Decorator: each call of ``fn`` (sync or async) is one step."""
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                started = self._clock()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    self._end_step(started)
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = self._clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._end_step(started)
+        return cast(F, wrapper)
+
+    def _end_step(self, started: float) -> None:
+        now = self._clock()
+        with self._lock:
+            self._requests += 1
+            request = self._requests
+            self._busy_s += now - started
+            self._step_time += (now - started - self._step_time) * (0.05 if request > 1 else 1.0)
+            due = request >= self._next_read and not self._sampling and not self._failed
+            if due:
+                self._sampling = True
+        if due:
+            self._sample(request - 1, now)
+
+    # -- reading --------------------------------------------------------------------------------
+    def _sample(self, request: int, now: float) -> None:
+        began = time.perf_counter()
+        try:
+            census = None
+            if request + 1 >= self._next_census and self._wants_census():
+                census = self._sampler.census()
+                self._census_cost = _ewma(self._census_cost, census.duration_s)
+            started = time.perf_counter()
+            sample = self._sampler.read(request, now, census)
+            self._read_cost = _ewma(self._read_cost, time.perf_counter() - started)
+            with self._lock:
+                self._buffer.add(sample)
+                if census is not None:
+                    self._keep_census(census, request)
+                    self._next_census = request + 1 + (
+                        self._census_every or self._period(self._census_cost, share=0.5))
+                self._next_read = request + 1 + self._period(self._read_cost, share=0.5)
+        except Exception:  # the guard must never break the service it watches
+            self._failed = True
+            _log.warning("vramguard: reading memory failed; the guard stops sampling", exc_info=True)
+        finally:
+            self._spent_s += time.perf_counter() - began
+            self._sampling = False
+
+    def _wants_census(self) -> bool:
+        # On CPU the census *is* the leak signal; on accelerators it only feeds the tensor diff.
+        return True
+
+    def _period(self, cost: float, *, share: float) -> int:
+        if self._budget is None:
+            return 1
+        allowed = self._budget * share * max(self._step_time, 1e-7)
+        return max(1, math.ceil(cost / allowed))
+
+    def _keep_census(self, census: Census, request: int) -> None:
+        warmup = self._warmup if self._warmup is not None else 0
+        if self._first_census is None:
+            self._first_census = census
+        if self._baseline is None and request >= warmup:
+            self._baseline = census
+        self._latest = census
+
+    def sample_now(self) -> Sample:
+        """Read memory now (with a census) outside the step cadence, e.g. before a report."""
+        census = self._sampler.census()
+        with self._lock:
+            request = max(0, self._requests - 1)
+            sample = self._sampler.read(request, self._clock(), census)
+            self._buffer.add(sample)
+            self._keep_census(census, request)
+        return sample
+
+    # -- results --------------------------------------------------------------------------------
+    @property
+    def requests(self) -> int:
+        """Steps completed so far."""
+        return self._requests
+
+    @property
+    def overhead(self) -> float:
+        """The guard's own reading time as a share of the time spent in steps (0.004 = 0.4%)."""
+        return self._spent_s / self._busy_s if self._busy_s > 0 else 0.0
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        """The bounded sample history, oldest first."""
+        with self._lock:
+            return tuple(self._buffer.samples)
+
+    def verdict(self) -> Verdict:
+        """The current verdict; recomputed only when new samples arrived since the last call."""
+        with self._lock:
+            samples = tuple(self._buffer.samples)
+            key = (len(samples), samples[-1].request if samples else -1)
+            if self._verdict is not None and key == self._verdict_key:
+                return self._verdict
+        verdict = decide(samples, warmup=self._warmup)
+        with self._lock:
+            self._verdict, self._verdict_key = verdict, key
+        return verdict
+
+    def growing_tensors(self, limit: int = 5) -> list[tuple[TensorGroup, int, int]]:
+        """Tensor groups that grew between the first census after warm-up and the latest one."""
+        with self._lock:
+            before = self._baseline or self._first_census
+            after = self._latest
+        if before is None or after is None or before is after:
+            return []
+        device = str(self.device) if not self.device.is_cpu else "cpu"
+        grown = [g for g in diff_groups(before, after) if g[0].device == device and g[2] > 0]
+        return grown[:limit]
+
+
+class _Step:
+    __slots__ = ("_guard", "_started")
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+        self._started = 0.0
+
+    def __enter__(self) -> _Step:
+        self._started = self._guard._clock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._guard._end_step(self._started)
+
+
+def _ewma(old: float, new: float) -> float:
+    return new if old == 0.0 else old + (new - old) * 0.2

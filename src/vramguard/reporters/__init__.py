@@ -1,0 +1,1 @@
+"""One module per output format: ``json_report`` (documents), ``text`` (humans)."""

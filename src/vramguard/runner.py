@@ -1,0 +1,85 @@
+"""Drive a callable for N requests under a dense Guard and collect a :class:`CheckResult`.
+
+Used by ``vramguard check``, ``vramguard demo`` and the pytest plugin; no printing here, progress
+goes through a callback.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vramguard.analysis.samples import Sample
+from vramguard.analysis.suspects import Suspect, TensorGrowth
+from vramguard.analysis.verdict import Verdict, VerdictKind, auto_warmup
+from vramguard.errors import TargetFailed, UsageError
+from vramguard.guard import Guard
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """Everything a check found: the verdict, the growing tensors and the samples behind them."""
+
+    target: str
+    device: str
+    requests: int
+    warmup: int
+    verdict: Verdict
+    suspects: tuple[Suspect, ...]
+    samples: tuple[Sample, ...]
+
+    def __str__(self) -> str:
+        return f"{self.target} on {self.device}: {self.verdict}"
+
+
+def run_check(
+    target: str,
+    function: Callable[[int], Any],
+    *,
+    requests: int = 300,
+    warmup: int | None = None,
+    device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    max_suspects: int = 5,
+) -> CheckResult:
+    """Call ``function(i)`` for ``i`` in ``range(requests)``, each a guarded step."""
+    if requests < 1:
+        raise UsageError(f"expected --requests to be a positive number, got {requests}")
+    if warmup is not None and not 0 <= warmup < requests:
+        raise UsageError(f"expected --warmup between 0 and {requests - 1}, got {warmup}")
+    resolved_warmup = auto_warmup(requests) if warmup is None else warmup
+    # A census per request costs a few ms in a torch process; ~100 censuses are plenty for the
+    # verdict, so long checks take one every few requests (counters are still read every request).
+    guard = Guard(device, overhead_budget=None, warmup=resolved_warmup,
+                  max_samples=4 * requests + 16, census_every=max(1, requests // 100))
+    for index in range(requests):
+        try:
+            with guard.step():
+                function(index)
+        except Exception as exc:
+            raise TargetFailed(
+                f"target {target!r} raised {type(exc).__name__} on request {index}: {exc}",
+                completed=index,
+                traceback_text=traceback.format_exc(),
+            ) from exc
+        if progress is not None:
+            progress(index + 1)
+    verdict = guard.verdict()
+    suspects: tuple[Suspect, ...] = ()
+    if verdict.kind is VerdictKind.LEAK:  # tensor groups explain allocator growth only
+        suspects = tuple(
+            Suspect(TensorGrowth(g.device, g.dtype, g.shape, g.requires_grad, g.grad_fn,
+                                 count, size, g.in_graph))
+            for g, count, size in guard.growing_tensors(limit=max_suspects)
+        )
+    return CheckResult(
+        target=target,
+        device=str(guard.device),
+        requests=requests,
+        warmup=resolved_warmup,
+        verdict=verdict,
+        suspects=suspects,
+        samples=guard.samples,
+    )

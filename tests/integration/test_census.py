@@ -1,0 +1,69 @@
+"""The census counts real torch tensors exactly: views once, graph-held activations included."""
+
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from vramguard.readers.census import CensusTaker, diff_groups  # noqa: E402
+
+
+@pytest.fixture
+def taker():
+    return CensusTaker()
+
+
+def test_views_count_once(taker):
+    base = torch.zeros(1000)
+    views = [base[i:i + 10] for i in range(50)]
+    census = taker.take([base, *views])
+    assert census.total_bytes == 4000
+    assert census.storage_count == 1
+    assert census.tensor_count == 51
+
+
+def test_explicit_objects_are_all_that_is_counted(taker):
+    a, b = torch.ones(10), torch.ones(20, dtype=torch.float64)
+    census = taker.take([a, "not a tensor", {"x": 1}, b])
+    assert census.total_bytes == 10 * 4 + 20 * 8
+    assert census.tensor_count == 2
+
+
+def test_graph_saved_tensors_are_counted_once(taker):
+    weight = torch.randn(256, 256, requires_grad=True)
+    x = torch.randn(64, 256)
+    hidden = (x @ weight).tanh()          # tanh saves its result; mm saves x and weight
+    out = hidden.sum()
+    plain = taker.take([weight, out], follow_graphs=False)
+    deep = taker.take([weight, out])
+    assert plain.total_bytes == weight.nbytes + out.nbytes
+    # x (64x256) and the tanh result (64x256) are held only by the graph of `out`.
+    assert deep.graph_bytes == 2 * 64 * 256 * 4
+    assert deep.total_bytes == plain.total_bytes + deep.graph_bytes
+
+
+def test_after_backward_the_graph_holds_nothing(taker):
+    weight = torch.randn(128, 128, requires_grad=True)
+    out = (torch.randn(32, 128) @ weight).tanh().sum()
+    out.backward()
+    assert taker.take([weight, out]).graph_bytes == 0
+
+
+def test_whole_heap_census_sees_a_growing_list(taker):
+    before = taker.take()
+    kept = [torch.full((8, 10), float(i)) for i in range(30)]
+    after = taker.take()
+    grown = diff_groups(before, after)
+    top_group, count, size = grown[0]
+    assert (top_group.shape, count, size) == ((8, 10), 30, 30 * 320)
+    assert after.total_bytes - before.total_bytes >= 30 * 320
+    del kept
+
+
+def test_census_keeps_no_reference(taker):
+    tensor = torch.zeros(100)
+    refs = sys.getrefcount(tensor)
+    taker.take()
+    taker.take([tensor])
+    assert sys.getrefcount(tensor) == refs
