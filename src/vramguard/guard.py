@@ -12,16 +12,20 @@ import functools
 import inspect
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict, decide
 from vramguard.readers.census import Census, TensorGroup, diff_groups
 from vramguard.readers.device import Device, resolve_device
 from vramguard.readers.sampler import Sampler
+
+if TYPE_CHECKING:
+    from vramguard.oom import OomWatch
 
 _log = logging.getLogger("vramguard")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,7 +59,10 @@ class Guard:
     ``device``: "auto", "cpu", "cuda", "cuda:1", ... ``overhead_budget``: the share of step time the
     guard may spend reading memory (``None``: read after every step). ``warmup``: requests ignored
     by the verdict (``None``: automatic). ``census_every``: take the live-tensor census every N
-    steps instead of as often as the budget allows. ``clock`` is injectable for tests.
+    steps instead of as often as the budget allows. ``clock`` and ``sampler`` (what reads memory) are
+    injectable for tests and custom readers.
+    ``oom_report``: a file to write the OOM post-mortem to when an out-of-memory error leaves a
+    step (and, on CUDA, when the allocator runs out anywhere); see :mod:`vramguard.oom`.
     """
 
     def __init__(
@@ -67,11 +74,13 @@ class Guard:
         max_samples: int = 512,
         census_every: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        oom_report: str | os.PathLike[str] | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
         if overhead_budget is not None and not 0 < overhead_budget < 1:
             raise ValueError(f"overhead_budget must be between 0 and 1, got {overhead_budget!r}")
         self.device: Device = resolve_device(device)
-        self._sampler = Sampler(self.device)
+        self._sampler = sampler or Sampler(self.device)
         self._budget = overhead_budget
         if census_every is not None and census_every < 1:
             raise ValueError(f"census_every must be a positive number of steps, got {census_every!r}")
@@ -96,6 +105,11 @@ class Guard:
         self._latest: Census | None = None
         self._verdict: Verdict | None = None
         self._verdict_key: tuple[int, int] = (-1, -1)
+        self._oom: OomWatch | None = None
+        if oom_report is not None:
+            from vramguard.oom import on_oom
+
+            self._oom = on_oom(oom_report, guard=self)
 
     # -- the hot path ---------------------------------------------------------------------------
     def step(self) -> _Step:
@@ -110,6 +124,9 @@ class Guard:
                 started = self._clock()
                 try:
                     return await fn(*args, **kwargs)
+                except BaseException as exc:  # free when nothing is raised (3.11 zero-cost)
+                    self._step_failed(exc)
+                    raise
                 finally:
                     self._end_step(started)
             return cast(F, async_wrapper)
@@ -119,6 +136,9 @@ class Guard:
             started = self._clock()
             try:
                 return fn(*args, **kwargs)
+            except BaseException as exc:  # free when nothing is raised (3.11 zero-cost)
+                self._step_failed(exc)
+                raise
             finally:
                 self._end_step(started)
         return cast(F, wrapper)
@@ -135,6 +155,14 @@ class Guard:
                 self._sampling = True
         if due:
             self._sample(request - 1, now)
+
+    def _step_failed(self, error: BaseException) -> None:
+        """A step raised: write the OOM post-mortem if asked and it is an OOM. Never raises."""
+        if self._oom is not None:
+            from vramguard.oom import is_out_of_memory
+
+            if is_out_of_memory(error):
+                self._oom.write(source="exception", error=error)
 
     # -- reading --------------------------------------------------------------------------------
     def _sample(self, request: int, now: float) -> None:
@@ -241,7 +269,9 @@ class _Step:
         self._started = self._guard._clock()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, error: BaseException | None, tb: object) -> None:
+        if error is not None:  # the one test the error-free path pays
+            self._guard._step_failed(error)
         self._guard._end_step(self._started)
 
 

@@ -295,4 +295,4 @@ def diff_groups(before: Census, after: Census) -> list[tuple[TensorGroup, int, i
         old = before.groups.get(group, GroupStats(0, 0))
         if stats.bytes > old.bytes or stats.count > old.count:
             grown.append((group, stats.count - old.count, stats.bytes - old.bytes))
-    return sorted(grown, key=lambda item: (-item[2], -item[1], item[0]))
+    return sorted(grown, key=lambda item: (-item[2], -item[1], str(item[0])))

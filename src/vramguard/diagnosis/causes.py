@@ -1,0 +1,123 @@
+"""Cause and fix: pure rules from plain evidence to a closed vocabulary and a sentence of advice
+written against the user's own function and variable names."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+from vramguard.units import format_bytes
+
+
+class Cause(enum.StrEnum):
+    """Why leaked memory stays alive."""
+
+    AUTOGRAD_GRAPH = "autograd_graph"
+    CONTAINER_GROWTH = "container_growth"
+    GLOBAL_REFERENCE = "global_reference"
+    HOOK_RETENTION = "hook_retention"
+    REFERENCE_CYCLE = "reference_cycle"
+    WORKER_PROCESS_GROWTH = "worker_process_growth"
+    UNKNOWN = "unknown"
+
+
+class RootKind(enum.StrEnum):
+    """What kind of named root a reference path starts from."""
+
+    MODULE_GLOBAL = "module_global"
+    CLASS_ATTRIBUTE = "class_attribute"
+    FUNCTION_DEFAULT = "function_default"
+    CLOSURE = "closure"
+    THREAD_FRAME = "thread_frame"
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the walkers found about one suspect, as plain values.
+
+    ``variable``: the name the user would recognise (the global, attribute, parameter or closure
+    variable holding the growing container). ``direct``: the tensors sit directly in the root's
+    object (``metrics['k']``), not in a container reached through other objects. ``graph``: the
+    tensors are kept through an autograd graph (saved tensors, or a held output with a grad_fn).
+    ``accumulator``: the graph is held by one tensor rebound every request (``total = total +
+    loss``), not by many outputs in a container. ``hook``: ``(module path, hook name, kind)`` of a
+    module hook that references the container.
+    """
+
+    function: str | None = None
+    file: str | None = None
+    root_kind: RootKind | None = None
+    root_module: str | None = None
+    variable: str | None = None
+    direct: bool = False
+    graph: bool = False
+    accumulator: bool = False
+    hook: tuple[str, str, str] | None = None
+    cycle: bool = False
+    worker_growth_bytes: int | None = None
+    per_request_bytes: float | None = None
+
+
+def classify(evidence: Evidence) -> Cause:
+    """The cause, most specific first: workers, hooks, graphs, then where the reference lives."""
+    if evidence.worker_growth_bytes is not None:
+        return Cause.WORKER_PROCESS_GROWTH
+    if evidence.hook is not None:
+        return Cause.HOOK_RETENTION
+    if evidence.graph:
+        return Cause.AUTOGRAD_GRAPH
+    if evidence.root_kind is None:
+        return Cause.REFERENCE_CYCLE if evidence.cycle else Cause.UNKNOWN
+    if evidence.direct and evidence.root_kind in (RootKind.MODULE_GLOBAL, RootKind.CLASS_ATTRIBUTE):
+        return Cause.GLOBAL_REFERENCE
+    return Cause.CONTAINER_GROWTH
+
+
+def _where(evidence: Evidence) -> str:
+    if evidence.function is None:
+        return "the code that allocates them"
+    file = f" in {os.path.basename(evidence.file)}" if evidence.file else ""
+    return f"{evidence.function}(){file}"
+
+
+def write_fix(cause: Cause, evidence: Evidence) -> str:
+    """One or two sentences of advice naming the user's function and variable."""
+    where = _where(evidence)
+    var = f"`{evidence.variable}`" if evidence.variable else "a container"
+    if cause is Cause.WORKER_PROCESS_GROWTH:
+        grown = format_bytes(evidence.worker_growth_bytes or 0, signed=True)
+        return (f"child processes (DataLoader workers) grew {grown} during the diagnosis window: "
+                f"the Dataset keeps state in the workers and persistent_workers=True keeps them "
+                f"alive; don't accumulate in the Dataset (return values instead), bound what it "
+                f"keeps, or recreate the workers (persistent_workers=False)")
+    if cause is Cause.HOOK_RETENTION and evidence.hook is not None:
+        module, hook, kind = evidence.hook
+        return (f"the {kind} hook {hook} on `{module}` stores the module's output in {var} on every "
+                f"call: remove the hook when done (keep the handle of register_{kind}_hook and "
+                f"call .remove()), or store `output.detach().cpu()` in a bounded container")
+    if cause is Cause.AUTOGRAD_GRAPH:
+        if evidence.accumulator:
+            return (f"{where} accumulates into {var} with grad enabled, so every request's graph "
+                    f"is chained to it: accumulate `loss.item()` (or `loss.detach()`), or run it "
+                    f"under `torch.no_grad()`")
+        return (f"{where} runs with grad enabled and keeps outputs in {var}: run it under "
+                f"`torch.inference_mode()`, or append `out.detach()` (or `.cpu()`)")
+    if cause is Cause.GLOBAL_REFERENCE:
+        kind = "class attribute" if evidence.root_kind is RootKind.CLASS_ATTRIBUTE else "module global"
+        return (f"the {kind} {var} keeps a tensor from every call of {where}: store plain numbers "
+                f"(`.item()`, `.tolist()`), bound it (`collections.deque(maxlen=...)`), or clear "
+                f"it after use")
+    if cause is Cause.CONTAINER_GROWTH:
+        if evidence.root_kind is RootKind.FUNCTION_DEFAULT:
+            return (f"{var} is a mutable default argument, shared by every call of {where}: "
+                    f"default to None and create the container inside the call")
+        return (f"{var} gains an entry on every call of {where} and is never trimmed: bound it "
+                f"(`collections.deque(maxlen=...)`, an LRU cache) or delete entries when done; "
+                f"store `.detach().cpu()` copies if you must keep them")
+    if cause is Cause.REFERENCE_CYCLE:
+        return (f"tensors allocated in {where} are reachable only through reference cycles, which "
+                f"only the cycle collector frees: break the cycle (a weakref, or `del` the "
+                f"back-reference) or make sure `gc` runs (`gc.collect()`)")
+    return (f"no named root keeps the tensors allocated in {where} within the search limits: "
+            f"look for C extensions, caches or threads holding them")
