@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from vramguard.analysis.suspects import Site, Suspect, TensorGrowth
     from vramguard.analysis.verdict import Growth, Verdict, VerdictKind, decide
     from vramguard.guard import Guard
+    from vramguard.oom import on_oom
+    from vramguard.release import Released, release
     from vramguard.runner import CheckResult, run_check
 
 __version__ = "0.1.0"
@@ -32,6 +34,9 @@ _LAZY = {
     "TensorGrowth": "vramguard.analysis.suspects",
     "CheckResult": "vramguard.runner",
     "run_check": "vramguard.runner",
+    "on_oom": "vramguard.oom",
+    "release": "vramguard.release",
+    "Released": "vramguard.release",
 }
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "EnvironmentProblem",
     "Growth",
     "Guard",
+    "Released",
     "Sample",
     "Site",
     "Suspect",
@@ -50,6 +56,8 @@ __all__ = [
     "VramguardError",
     "__version__",
     "decide",
+    "on_oom",
+    "release",
     "run_check",
 ]
 

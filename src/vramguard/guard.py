@@ -170,7 +170,9 @@ class Guard:
         try:
             census = None
             if request + 1 >= self._next_census and self._wants_census():
-                census = self._sampler.census()
+                # Routine censuses count bytes only; the tensor diff needs grouped ones, which
+                # are taken for its baseline here and for its other end in growing_tensors().
+                census = self._sampler.census(groups=self._needs_baseline(request))
                 self._census_cost = _ewma(self._census_cost, census.duration_s)
             started = time.perf_counter()
             sample = self._sampler.read(request, now, census)
@@ -199,8 +201,14 @@ class Guard:
         allowed = self._budget * share * max(self._step_time, 1e-7)
         return max(1, math.ceil(cost / allowed))
 
+    def _needs_baseline(self, request: int) -> bool:
+        warmup = self._warmup if self._warmup is not None else 0
+        return self._first_census is None or (self._baseline is None and request >= warmup)
+
     def _keep_census(self, census: Census, request: int) -> None:
         warmup = self._warmup if self._warmup is not None else 0
+        if not census.grouped:
+            return  # a bytes-only census: it fed the sample, the diff cannot use it
         if self._first_census is None:
             self._first_census = census
         if self._baseline is None and request >= warmup:
@@ -247,12 +255,17 @@ class Guard:
         return verdict
 
     def growing_tensors(self, limit: int = 5) -> list[tuple[TensorGroup, int, int]]:
-        """Tensor groups that grew between the first census after warm-up and the latest one."""
+        """Tensor groups that grew between the first census after warm-up and now.
+
+        Takes a fresh grouped census (milliseconds): call it for a report, not per request.
+        """
         with self._lock:
             before = self._baseline or self._first_census
-            after = self._latest
-        if before is None or after is None or before is after:
+        if before is None:
             return []
+        after = self._sampler.census(groups=True)
+        with self._lock:
+            self._latest = after
         device = str(self.device) if not self.device.is_cpu else "cpu"
         grown = [g for g in diff_groups(before, after) if g[0].device == device and g[2] > 0]
         return grown[:limit]

@@ -162,9 +162,12 @@ def render_text(document: dict[str, Any]) -> str:
         lines.append("growing tensors:")
         for rank, suspect in enumerate(document["suspects"], 1):
             tensors = suspect["tensors"]
-            lines.append(f"  {rank}. {tensors['count_growth']:+d} x Tensor"
-                         f"{tuple(tensors['shape'])} {tensors['dtype']} on {tensors['device']}, "
-                         f"{tensors['bytes_growth']:+d} bytes")
+            if tensors is None:
+                lines.append(f"  {rank}. child processes")
+            else:
+                lines.append(f"  {rank}. {tensors['count_growth']:+d} x Tensor"
+                             f"{tuple(tensors['shape'])} {tensors['dtype']} on "
+                             f"{tensors['device']}, {tensors['bytes_growth']:+d} bytes")
             for key in ("allocated_at", "held_by", "cause", "fix"):
                 if suspect.get(key):
                     lines.append(f"     {key.replace('_', ' ')}: {suspect[key]}")

@@ -43,8 +43,14 @@ def run_check(
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
     max_suspects: int = 5,
+    diagnosis_requests: int = 30,
 ) -> CheckResult:
-    """Call ``function(i)`` for ``i`` in ``range(requests)``, each a guarded step."""
+    """Call ``function(i)`` for ``i`` in ``range(requests)``, each a guarded step.
+
+    After a leak verdict (or when child processes such as DataLoader workers grew), a diagnosis
+    window of ``diagnosis_requests`` more calls (0: none) fills in each suspect's allocation
+    site, reference path, cause and fix; a clean target pays nothing for it.
+    """
     if requests < 1:
         raise UsageError(f"expected --requests to be a positive number, got {requests}")
     if warmup is not None and not 0 <= warmup < requests:
@@ -54,7 +60,10 @@ def run_check(
     # verdict, so long checks take one every few requests (counters are still read every request).
     guard = Guard(device, overhead_budget=None, warmup=resolved_warmup,
                   max_samples=4 * requests + 16, census_every=max(1, requests // 100))
+    children_start: int | None = None
     for index in range(requests):
+        if index == resolved_warmup and diagnosis_requests > 0:
+            children_start = _children_rss()
         try:
             with guard.step():
                 function(index)
@@ -74,6 +83,10 @@ def run_check(
                                  count, size, g.in_graph))
             for g, count, size in guard.growing_tensors(limit=max_suspects)
         )
+    workers_grew = children_start is not None and _children_rss() - children_start > _WORKER_GROWTH
+    if diagnosis_requests > 0 and (suspects or workers_grew):
+        suspects = _diagnose(target, function, requests, diagnosis_requests, str(guard.device)
+                             if not guard.device.is_cpu else "cpu", suspects, max_suspects)
     return CheckResult(
         target=target,
         device=str(guard.device),
@@ -83,3 +96,28 @@ def run_check(
         suspects=suspects,
         samples=guard.samples,
     )
+
+
+_WORKER_GROWTH = 8 * 1024 * 1024  # child RSS growth over the check that earns a diagnosis window
+
+
+def _children_rss() -> int:
+    # Two reads per check (after warm-up, at the end): ~1-2 ms each with psutil.
+    from vramguard.readers.process import ProcessReader
+
+    reader = ProcessReader()
+    return reader.tree_rss() - reader.rss()
+
+
+def _diagnose(target: str, function: Callable[[int], Any], start: int, requests: int,
+              device: str, known: tuple[Suspect, ...], max_suspects: int) -> tuple[Suspect, ...]:
+    from vramguard.diagnosis import diagnose
+
+    try:
+        diagnosis = diagnose(function, requests=requests, start=start, device=device,
+                             known=known, max_suspects=max_suspects)
+    except Exception as exc:
+        raise TargetFailed(
+            f"target {target!r} raised {type(exc).__name__} in the diagnosis window: {exc}",
+            completed=start, traceback_text=traceback.format_exc()) from exc
+    return diagnosis.suspects or known

@@ -67,3 +67,17 @@ def test_census_keeps_no_reference(taker):
     taker.take()
     taker.take([tensor])
     assert sys.getrefcount(tensor) == refs
+
+
+class _RareTensor(torch.Tensor):
+    """A subclass with no instances when the census starts (like FakeTensor or MaskedTensor)."""
+
+
+def test_subclass_instances_created_later_are_found(taker):
+    for _ in range(3):
+        taker.take()  # the census learns that _RareTensor has no instances and skips it
+    rare = torch.zeros(1000).as_subclass(_RareTensor)
+    groups = {g.shape: s for g, s in taker.take().groups.items() if g.shape == (1000,)}
+    assert groups[(1000,)].count >= 1
+    assert any(t is rare for t in taker.live_tensors())
+    del rare

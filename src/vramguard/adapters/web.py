@@ -25,6 +25,7 @@ from vramguard.analysis.suspects import Suspect, TensorGrowth
 from vramguard.analysis.verdict import Verdict, VerdictKind
 from vramguard.guard import Guard, _Step
 from vramguard.readers.census import Census, diff_groups
+from vramguard.readers.device import Device, resolve_device
 from vramguard.readers.sampler import Sampler
 
 _log = logging.getLogger("vramguard")
@@ -62,6 +63,30 @@ class CleanupStats:
         return f"{self.runs} clean-ups freed {freed} in {self.seconds * 1000:.1f} ms"
 
 
+class _SharedSampler(Sampler):
+    """A Sampler whose census is reused while no request began or ended since it was taken.
+
+    The route reads (before/after a request) and the Guard's own census then cost one census, not
+    two or three. "Nothing began or ended" is the owner's ``generation`` counter; memory that
+    background threads change while the server is idle is thus seen by the next reading.
+    """
+
+    def __init__(self, device: Device, generation: Callable[[], int]) -> None:
+        super().__init__(device)
+        self._generation = generation
+        self._cached: tuple[int, Census] | None = None
+
+    def census(self, *, groups: bool = True) -> Census:
+        generation = self._generation()
+        cached = self._cached
+        if cached is not None and cached[0] == generation and (cached[1].grouped or not groups):
+            return cached[1]
+        census = super().census(groups=True)  # grouped costs the same, and routes need groups
+        if self._generation() == generation:  # nothing began or ended while it ran
+            self._cached = (generation, census)
+        return census
+
+
 class WebGuard:
     """One guarded web app: the Guard, per-route series, clean-up and health.
 
@@ -80,12 +105,13 @@ class WebGuard:
         options: WebOptions | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self._generation = 0  # +1 whenever a request begins or ends: see _SharedSampler
+        self._sampler = _SharedSampler(resolve_device(device), lambda: self._generation)
         self.guard = Guard(device, overhead_budget=overhead_budget, warmup=warmup,
-                           census_every=census_every, clock=clock)
+                           census_every=census_every, clock=clock, sampler=self._sampler)
         self.options = options or WebOptions()
         self._budget = overhead_budget
         self._clock = clock
-        self._sampler = Sampler(self.guard.device)
         self._lock = threading.Lock()
         self._routes = RouteBook(max_routes=self.options.max_routes)
         self._in_flight = 0
@@ -119,6 +145,8 @@ class WebGuard:
             # The reads stay outside the Guard's step, so they do not inflate its step time.
             if due:
                 ticket.before = self._read(with_census)
+            with self._lock:
+                self._generation += 1
             ticket.step.__enter__()
             return ticket
         except Exception:
@@ -131,6 +159,8 @@ class WebGuard:
             return
         try:
             name = route or UNMATCHED
+            with self._lock:
+                self._generation += 1
             ticket.step.__exit__(None, None, None)
             before = ticket.before
             after = None

@@ -47,16 +47,18 @@ class Suspect:
     Fields the diagnosis has not filled are ``None``: never invented.
     """
 
-    tensors: TensorGrowth
+    tensors: TensorGrowth | None  # None: growth outside this process's tensors (worker processes)
     retained_bytes: int | None = None
     allocated_at: Site | None = None
     stack: tuple[Site, ...] | None = None
     held_by: str | None = None
-    cause: str | None = None
+    cause: str | None = None  # a vramguard.diagnosis.Cause (a StrEnum) once diagnosed
     fix: str | None = None
 
     def __str__(self) -> str:
-        parts = [str(self.tensors)]
+        parts = [str(self.tensors) if self.tensors is not None else "child processes"]
+        if self.cause:
+            parts.append(f"cause: {self.cause}")
         if self.allocated_at:
             parts.append(f"allocated at {self.allocated_at}")
         if self.held_by:

@@ -44,6 +44,31 @@ def finish(result: CheckResult, *, as_json: bool, quiet: bool) -> int:
     return EXIT_LEAK if result.verdict.is_leak else EXIT_NO_LEAK
 
 
+def check_report_path(path: str | None) -> None:
+    """Refuse a ``--report`` path whose directory does not exist before the (long) check runs."""
+    if path is None:
+        return
+    from pathlib import Path
+
+    from vramguard.errors import UsageError
+
+    if not Path(path).resolve().parent.is_dir():
+        raise UsageError(f"expected --report to be a file in an existing directory, got {path!r}")
+
+
+def write_report(result: CheckResult, path: str) -> None:
+    """Write the HTML report (``--report``); an unwritable path is an environment problem."""
+    from vramguard.errors import EnvironmentProblem
+    from vramguard.reporters.html import write_html
+
+    try:
+        write_html(result, path)
+    except OSError as error:
+        raise EnvironmentProblem(f"could not write the HTML report to {path!r}: {error.strerror}",
+                                 hint="pass --report a path in a writable directory") from error
+    click.echo(f"vramguard: HTML report written to {path}", err=True)
+
+
 def report_target_failure(error: TargetFailed) -> None:
     """Show the target's traceback and how far it got, then let main() exit with code 4."""
     click.echo(error.traceback_text.rstrip(), err=True)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import click
 
-from vramguard.commands._output import finish, progress_bar, report_target_failure
+from vramguard.commands._output import (
+    check_report_path,
+    finish,
+    progress_bar,
+    report_target_failure,
+    write_report,
+)
 from vramguard.errors import TargetFailed, UsageError
 from vramguard.readers.device import parse_device
 
@@ -31,7 +37,10 @@ def _warmup(value: str) -> int | None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print one vramguard.check/1 JSON document.")
 @click.option("--quiet", is_flag=True, help="No report; the exit code says it all.")
-def check(target: str, requests: int, warmup: str, device: str, as_json: bool, quiet: bool) -> int:
+@click.option("--report", "report", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write a self-contained HTML report (chart and suspects) to this file.")
+def check(target: str, requests: int, warmup: str, device: str, as_json: bool, quiet: bool,
+          report: str | None) -> int:
     """Call TARGET (file.py:func or package.module:func) once per request and judge its memory.
 
     \b
@@ -43,6 +52,7 @@ def check(target: str, requests: int, warmup: str, device: str, as_json: bool, q
     if requests < 1:
         raise UsageError(f"expected --requests to be a positive number, got {requests}")
     warmup_value = _warmup(warmup)
+    check_report_path(report)
     parse_device(device)
     try:
         function = load_target(target)
@@ -52,4 +62,6 @@ def check(target: str, requests: int, warmup: str, device: str, as_json: bool, q
     except TargetFailed as error:
         report_target_failure(error)
         raise
+    if report is not None:
+        write_report(result, report)
     return finish(result, as_json=as_json, quiet=quiet)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vramguard.commands._output import finish, progress_bar
+from vramguard.commands._output import check_report_path, finish, progress_bar, write_report
 from vramguard.demo.service import LEAKS
 
 
@@ -14,7 +14,9 @@ from vramguard.demo.service import LEAKS
 @click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the vramguard.check/1 document.")
-def demo(leak: str, requests: int, device: str, as_json: bool) -> int:
+@click.option("--report", "report", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write a self-contained HTML report to this file.")
+def demo(leak: str, requests: int, device: str, as_json: bool, report: str | None) -> int:
     """Serve a small model with a classic leak and let vramguard check it.
 
     Exits 0 whatever the verdict: the demo is for reading, not for CI.
@@ -23,6 +25,7 @@ def demo(leak: str, requests: int, device: str, as_json: bool) -> int:
     from vramguard.readers.device import resolve_device
     from vramguard.runner import run_check
 
+    check_report_path(report)
     resolved = resolve_device(device)
     handle = build_service(leak, device=str(resolved))
     if not as_json:
@@ -32,5 +35,7 @@ def demo(leak: str, requests: int, device: str, as_json: bool) -> int:
     with progress_bar(requests, enabled=not as_json) as progress:
         result = run_check(target, handle, requests=requests, device=str(resolved),
                            progress=progress)
+    if report is not None:
+        write_report(result, report)
     finish(result, as_json=as_json, quiet=False)
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import itertools
 import operator
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -62,6 +63,7 @@ class Census:
     storage_count: int
     groups: Mapping[TensorGroup, GroupStats] = field(repr=False)
     duration_s: float = 0.0
+    grouped: bool = True  # False: bytes only, ``groups`` left empty
 
     def bytes_on(self, device: str) -> int:
         """Bytes of groups on ``device`` ("cpu", "cuda:0", ...)."""
@@ -82,6 +84,7 @@ class _TensorTypes(dict[type, bool]):
 
 
 _SAVED_PREFIX = "_saved_"
+_FULL_PASS_EVERY = 16
 _DTYPE = operator.attrgetter("dtype")
 _SHAPE = operator.attrgetter("shape")
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
@@ -96,6 +99,9 @@ class CensusTaker:
         self._tensor_types = _TensorTypes(self._torch.Tensor)
         self._saved_attrs: dict[type, tuple[str, ...]] = {}
         self._referrers_work: bool | None = None
+        self._always = {self._torch.Tensor, self._torch.nn.Parameter}
+        self._quiet: dict[type, int] = {}
+        self._since_full = _FULL_PASS_EVERY
 
     def live_tensors(self, objects: Iterable[Any] | None = None) -> list[Any]:
         """Tensors among ``objects`` (default: every live tensor gc can see)."""
@@ -117,15 +123,49 @@ class CensusTaker:
 
     def _tensors_by_type(self) -> list[Any]:
         # Instances of heap types visit their type during gc traversal, so asking gc for the
-        # referrers of every Tensor class finds every tensor in one C-level pass (~1.2x a bare
-        # gc.get_objects()); filtering a million-object listing in Python would cost 2-3x more.
+        # referrers of the Tensor classes finds every tensor in one C-level pass (~1.2x a bare
+        # gc.get_objects()); filtering a million-object listing in Python costs 2-3x more.
         classes = self._tensor_classes()
-        wanted = set(classes)
-        found = gc.get_referrers(*classes)
+        scan = self._classes_to_scan(classes)
+        wanted = set(scan)
+        found = gc.get_referrers(*scan)
         try:
-            return [obj for obj in found if type(obj) in wanted]
+            tensors = list(itertools.compress(found, map(wanted.__contains__, map(type, found))))
         finally:
-            del found
+            del found, wanted  # before re-baselining: the set holds a reference to each class
+        if len(scan) == len(classes):
+            self._rebaseline(classes, tensors)
+        return tensors
+
+    def _classes_to_scan(self, classes: list[type]) -> list[type]:
+        # gc compares every referent against every class asked for, so the pass costs ~1x per
+        # class. torch defines a dozen rare subclasses (FakeTensor, MaskedTensor, ...); each
+        # instance holds a reference to its class, so a rare class whose reference count is what
+        # it was when a full pass found none of its instances has none now, and is skipped. Any
+        # change, or every 16th census, triggers a full pass again.
+        self._since_full += 1
+        if self._since_full >= _FULL_PASS_EVERY:
+            return classes
+        scan = []
+        for cls in classes:
+            if cls in self._always:
+                scan.append(cls)
+                continue
+            quiet = self._quiet.get(cls)
+            if quiet is None:
+                return classes  # a class never seen before, or one with instances
+            if sys.getrefcount(cls) != quiet:
+                return classes
+        return scan
+
+    def _rebaseline(self, classes: list[type], tensors: list[Any]) -> None:
+        self._since_full = 0
+        with_instances = set(map(type, tensors))
+        self._quiet = {
+            cls: sys.getrefcount(cls)
+            for cls in classes
+            if cls not in self._always and cls not in with_instances
+        }
 
     def _referrers_find_tensors(self) -> bool:
         # Checked once per process against a fresh tensor: if a torch build stops visiting the
@@ -136,39 +176,53 @@ class CensusTaker:
             del probe
         return self._referrers_work
 
-    def take(self, objects: Iterable[Any] | None = None, *, follow_graphs: bool = True) -> Census:
-        """Count live tensors (and, with ``follow_graphs``, the tensors their graphs saved)."""
+    def take(self, objects: Iterable[Any] | None = None, *, follow_graphs: bool = True,
+             groups: bool = True) -> Census:
+        """Count live tensors (and, with ``follow_graphs``, the tensors their graphs saved).
+
+        ``groups=False`` counts bytes only (``Census.groups`` is then empty): about half the cost,
+        which is what a guard's routine census needs; the tensor diff needs grouped censuses.
+        """
         started = time.perf_counter()
         # The census allocates tens of thousands of small tuples; letting them trigger a full
         # collection of a large heap mid-census would cost more than the census itself.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._take(objects, follow_graphs, started)
+            return self._take(objects, follow_graphs, groups, started)
         finally:
             if collecting:
                 gc.enable()
 
-    def _take(self, objects: Iterable[Any] | None, follow_graphs: bool, started: float) -> Census:
+    def _take(self, objects: Iterable[Any] | None, follow_graphs: bool, grouped: bool,
+              started: float) -> Census:
         tensors = self.live_tensors(objects)
         storages: dict[tuple[Any, int], int] = {}
         raw_groups: dict[tuple[Any, ...], list[int]] = {}
         device_names: dict[int, str] = {}
         graph_bytes = 0
         try:
-            self._add_all(tensors, storages, raw_groups, device_names)
+            if grouped:
+                self._add_all(tensors, storages, raw_groups, device_names)
+            else:
+                tensor_count = self._add_totals(tensors, storages)
             if follow_graphs:
                 graph_bytes = self._add_graphs(tensors, storages, raw_groups, device_names)
         finally:
             del tensors  # drop the strong references before returning (the guard must not leak)
         groups = {_group(raw, device_names): GroupStats(c, b) for raw, (c, b) in raw_groups.items()}
+        if not grouped:
+            groups = {}
+        else:
+            tensor_count = sum(s.count for s in groups.values())
         return Census(
             total_bytes=sum(storages.values()),
             graph_bytes=graph_bytes,
-            tensor_count=sum(s.count for s in groups.values()),
+            tensor_count=tensor_count,
             storage_count=len(storages),
             groups=MappingProxyType(groups),
             duration_s=time.perf_counter() - started,
+            grouped=grouped,
         )
 
     def _add_all(self, tensors: list[Any], storages: dict[tuple[Any, int], int],
@@ -203,6 +257,26 @@ class CensusTaker:
                 device_names[device] = str(tensor.device)
             if len(device_names) == len(set(devices)):
                 break
+
+    def _add_totals(self, tensors: list[Any], storages: dict[tuple[Any, int], int]) -> int:
+        # Bytes only: the same column-wise pass without the per-tensor group keys.
+        tensor_type = self._torch.Tensor
+        try:
+            owned = list(map(tensor_type.untyped_storage, tensors))
+        except (RuntimeError, NotImplementedError):
+            raw: dict[tuple[Any, ...], list[int]] = {}
+            for tensor in tensors:
+                self._add_all_slow(tensor, storages, raw, {})
+            return sum(count for count, _ in raw.values())
+        if not owned:
+            return 0
+        keys = zip(map(tensor_type.get_device, tensors), map(type(owned[0]).data_ptr, owned),
+                   strict=True)
+        unique = dict(zip(keys, owned, strict=True))
+        for key in storages.keys() & unique.keys():
+            del unique[key]  # counted already
+        storages.update(zip(unique.keys(), map(type(owned[0]).nbytes, unique.values()), strict=True))
+        return len(tensors)
 
     def _add_all_slow(self, tensor: Any, storages: dict[tuple[Any, int], int],
                       raw_groups: dict[tuple[Any, ...], list[int]],
@@ -255,7 +329,7 @@ class CensusTaker:
         return added
 
     def _nodes(self, tensors: list[Any], seen: dict[int, Any]) -> Iterator[Any]:
-        stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+        stack = list(filter(None, map(_GRAD_FN, tensors)))
         while stack:
             node = stack.pop()
             if node is None or id(node) in seen:

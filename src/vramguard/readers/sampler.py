@@ -49,8 +49,8 @@ class Sampler:
             device_total=total,
         )
 
-    def census(self) -> Census:
-        """Count live tensors now (costly: milliseconds on a large heap)."""
+    def census(self, *, groups: bool = True) -> Census:
+        """Count live tensors now (costly: milliseconds on a large heap); see ``CensusTaker.take``."""
         if self._census_taker is None:
             self._census_taker = CensusTaker()
-        return self._census_taker.take()
+        return self._census_taker.take(groups=groups)

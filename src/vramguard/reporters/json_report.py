@@ -21,17 +21,18 @@ def _number(value: float | None) -> float | None:
 
 def suspect_document(suspect: Suspect) -> dict[str, Any]:
     """One suspect in the document's shape (unfilled diagnosis fields are null)."""
-    tensors = asdict(suspect.tensors)
-    tensors["shape"] = list(suspect.tensors.shape)
-    in_graph = tensors.pop("in_graph")
-    tensors["saved_by_graph"] = in_graph
+    tensors: dict[str, Any] | None = None
+    if suspect.tensors is not None:  # None: the growth is in child processes, not tensors
+        tensors = asdict(suspect.tensors)
+        tensors["shape"] = list(suspect.tensors.shape)
+        tensors["saved_by_graph"] = tensors.pop("in_graph")
     return {
         "tensors": tensors,
         "retained_bytes": suspect.retained_bytes,
         "allocated_at": None if suspect.allocated_at is None else asdict(suspect.allocated_at),
         "stack": None if suspect.stack is None else [asdict(s) for s in suspect.stack],
         "held_by": suspect.held_by,
-        "cause": suspect.cause,
+        "cause": None if suspect.cause is None else str(suspect.cause),
         "fix": suspect.fix,
     }
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import TextIO
 
 from rich.console import Console
 
+from vramguard.analysis.suspects import Suspect
 from vramguard.analysis.verdict import VerdictKind
 from vramguard.runner import CheckResult
 from vramguard.units import format_bytes
@@ -18,8 +20,15 @@ _STYLE = {
 
 
 def render_check(result: CheckResult, stream: TextIO, *, color: bool | None = None) -> None:
-    """Write the report of a check to ``stream``; ``color=None`` decides from the stream."""
-    console = Console(file=stream, no_color=color is False, force_terminal=color or None,
+    """Write the report of a check to ``stream``; ``color=None`` decides from the stream.
+
+    ``color=False`` is plain text: no colour *and* no bold or other escape codes (rich's own
+    ``no_color`` keeps bold), as NO_COLOR and pipes want; ``None`` is rich when ``stream`` is a
+    terminal and ``NO_COLOR`` is unset, plain otherwise.
+    """
+    if color is None and os.environ.get("NO_COLOR"):
+        color = False
+    console = Console(file=stream, no_color=color is False, force_terminal=color,
                       highlight=False, soft_wrap=True)
     verdict = result.verdict
     style = _STYLE.get(verdict.kind, "bold yellow")
@@ -37,4 +46,24 @@ def render_check(result: CheckResult, stream: TextIO, *, color: bool | None = No
     if result.suspects:
         console.print("  growing tensors:")
         for rank, suspect in enumerate(result.suspects, 1):
-            console.print(f"    {rank}. {suspect}", markup=False)
+            _render_suspect(console, rank, suspect)
+
+
+def _render_suspect(console: Console, rank: int, suspect: Suspect) -> None:
+    # One fact per line: a path from a root or a fix is long, and "; "-joined it is unreadable.
+    what = "child processes" if suspect.tensors is None else str(suspect.tensors)
+    head = f"    {rank}. {what}"
+    if suspect.cause:
+        head += f" [{suspect.cause}]"
+    console.print(head, markup=False, style="bold")
+    facts = []
+    if suspect.retained_bytes is not None:
+        facts.append(("retains", format_bytes(suspect.retained_bytes)))
+    if suspect.allocated_at is not None:
+        facts.append(("allocated at", str(suspect.allocated_at)))
+    if suspect.held_by is not None:
+        facts.append(("held by", suspect.held_by))
+    for label, value in facts:
+        console.print(f"       {label}: {value}", markup=False)
+    if suspect.fix is not None:
+        console.print(f"       fix: {suspect.fix}", markup=False, style="green")

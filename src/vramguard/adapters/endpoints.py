@@ -1,0 +1,200 @@
+"""The ``/vramguard/*`` endpoints as plain (status, content type, body) values, for any framework.
+
+``healthz`` is for liveness probes (200 / 503), ``metrics`` is Prometheus text (the guard's own
+``vramguard_guard_*`` gauges plus per-route ``vramguard_route_*`` series), ``status`` is JSON with
+the overall and per-route verdicts in the ``vramguard.check/1`` shapes. ``status`` shows file paths
+and variable names, so it answers 404 unless ``expose_status`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from vramguard.adapters.web import WebGuard
+from vramguard.analysis.samples import Sample
+from vramguard.analysis.verdict import Verdict
+from vramguard.reporters.json_report import check_document
+from vramguard.runner import CheckResult
+
+STATUS_SCHEMA = "vramguard.status/1"
+_log = logging.getLogger("vramguard")
+
+CONCURRENCY_NOTE = (
+    "per-route numbers come only from requests that ran alone (no other request in flight from "
+    "start to end); 'overlapped' requests were not attributed, 'unsampled' ones were skipped by "
+    "the sampling cadence. The overall verdict covers every request."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One endpoint's answer."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.content_type} ({len(self.body)} bytes)"
+
+
+def _text(status: int, text: str) -> Response:
+    return Response(status, "text/plain; charset=utf-8", text.encode())
+
+
+class RouteCollector(Collector):
+    """Per-route counters and verdicts plus health and clean-up, built at scrape time."""
+
+    def __init__(self, web: WebGuard) -> None:
+        self._web = web
+
+    def collect(self) -> Iterator[Any]:
+        """Fresh metric families from the web guard's state."""
+        web = self._web
+        requests = CounterMetricFamily("vramguard_route_requests", "Requests per route template",
+                                       labels=["route"])
+        measured = CounterMetricFamily(
+            "vramguard_route_measured_requests",
+            "Requests per route that ran alone and were measured", labels=["route"])
+        overlapped = CounterMetricFamily(
+            "vramguard_route_overlapped_requests",
+            "Requests per route that overlapped others (not attributed)", labels=["route"])
+        retained = GaugeMetricFamily(
+            "vramguard_route_retained_bytes",
+            "Live tensor bytes kept, summed over the route's measured requests", labels=["route"])
+        leak = GaugeMetricFamily("vramguard_route_leak",
+                                 "1 when the route's verdict is a leak", labels=["route"])
+        for counts in web.routes():
+            label = [counts.route]
+            requests.add_metric(label, counts.requests)
+            measured.add_metric(label, counts.measured)
+            overlapped.add_metric(label, counts.overlapped)
+            retained.add_metric(label, counts.retained_bytes)
+            leak.add_metric(label, float(web.route_verdict(counts.route).is_leak))
+        yield from (requests, measured, overlapped, retained, leak)
+        yield GaugeMetricFamily("vramguard_healthy", "1 while /vramguard/healthz answers 200",
+                                value=float(web.health().healthy))
+        cleanup = web.cleanups
+        yield CounterMetricFamily("vramguard_cleanups", "Clean-ups run by the policy",
+                                  value=cleanup.runs)
+        yield CounterMetricFamily("vramguard_cleanup_seconds", "Time spent in clean-ups",
+                                  value=cleanup.seconds)
+        if cleanup.freed_bytes is not None:
+            yield CounterMetricFamily("vramguard_cleanup_freed_bytes",
+                                      "Bytes clean-ups gave back (reserved on GPU, RSS on CPU)",
+                                      value=cleanup.freed_bytes)
+
+
+def make_registry(web: WebGuard) -> CollectorRegistry:
+    """A private registry with the guard's collector and the per-route one (nothing global)."""
+    from vramguard.prometheus import GuardCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GuardCollector(web.guard))
+    registry.register(RouteCollector(web))
+    return registry
+
+
+def _check(target: str, device: str, verdict: Verdict, suspects: tuple[Any, ...]) -> dict[str, Any]:
+    result = CheckResult(target=target, device=device, requests=verdict.requests,
+                         warmup=verdict.warmup, verdict=verdict, suspects=suspects, samples=())
+    return check_document(result)
+
+
+def _latest(samples: tuple[Sample, ...]) -> dict[str, Any]:
+    # The newest measured value of each field (the census fills ``allocated`` only every k steps).
+    latest: dict[str, Any] = {}
+    for sample in reversed(samples):
+        for key, value in asdict(sample).items():
+            if value is not None and key not in latest:
+                latest[key] = value
+    return {key: latest.get(key) for key in ("request", "allocated", "reserved", "device_used",
+                                              "device_total")}
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no infinity: "never" is null, with the reason saying so.
+    return value if value is not None and math.isfinite(value) else None
+
+
+def status_document(web: WebGuard) -> dict[str, Any]:
+    """Overall and per-route verdicts with suspects, in the ``vramguard.check/1`` shapes."""
+    device = str(web.guard.device)
+    health = web.health()
+    routes = []
+    for counts in web.routes():
+        routes.append({
+            "route": counts.route,
+            "requests": counts.requests,
+            "measured": counts.measured,
+            "overlapped": counts.overlapped,
+            "unsampled": counts.unsampled,
+            "retained_bytes": counts.retained_bytes,
+            "check": _check(counts.route, device, web.route_verdict(counts.route),
+                            web.route_suspects(counts.route)),
+        })
+    cleanup = web.cleanups
+    return {
+        "schema": STATUS_SCHEMA,
+        "device": device,
+        "requests": web.guard.requests,
+        "in_flight": web.in_flight,
+        "overhead": web.guard.overhead,
+        "memory": _latest(web.guard.samples),
+        "health": {"healthy": health.healthy, "reason": health.reason,
+                   "seconds_to_limit": _finite(health.seconds_to_limit)},
+        "overall": _check("overall", device, web.verdict(), web.suspects()),
+        "routes": routes,
+        "concurrency": CONCURRENCY_NOTE,
+        "cleanup": {"runs": cleanup.runs, "freed_bytes": cleanup.freed_bytes,
+                    "seconds": cleanup.seconds},
+    }
+
+
+class Endpoints:
+    """Answers requests under the prefix; ``answer`` returns None for every other path."""
+
+    def __init__(self, web: WebGuard) -> None:
+        self._web = web
+        self._prefix = web.options.prefix
+        self._registry: CollectorRegistry | None = None
+
+    def owns(self, path: str) -> bool:
+        """True for paths under the prefix (cheap: one string test per request)."""
+        return path.startswith(self._prefix) and (
+            len(path) == len(self._prefix) or path[len(self._prefix)] == "/")
+
+    def answer(self, method: str, path: str) -> Response:
+        """The response for a path under the prefix (404 for unknown ones, 405 for non-GET)."""
+        name = path[len(self._prefix):].strip("/")
+        if name not in ("healthz", "metrics", "status") or (
+                name == "status" and not self._web.options.expose_status):
+            return _text(404, "not found\n")
+        if method not in ("GET", "HEAD"):
+            return _text(405, "method not allowed\n")
+        try:
+            if name == "healthz":
+                health = self._web.health()
+                return _text(200 if health.healthy else 503, f"{health}\n")
+            if name == "metrics":
+                if self._registry is None:
+                    self._registry = make_registry(self._web)
+                return Response(200, CONTENT_TYPE_LATEST, generate_latest(self._registry))
+            body = json.dumps(status_document(self._web), allow_nan=False)
+            return Response(200, "application/json", body.encode())
+        except Exception:
+            _log.warning("vramguard: the %s endpoint failed", name, exc_info=True)
+            if name == "healthz":
+                # A bug in vramguard must not get a healthy pod restarted: say so, and pass.
+                return _text(200, "ok: vramguard could not decide (see the server log)\n")
+            return _text(500, f"vramguard: {name} failed; see the server log\n")
