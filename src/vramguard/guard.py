@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("vramguard")
 F = TypeVar("F", bound=Callable[..., Any])
+_CLIMB_BYTES = 8 << 20
 
 
 class _SampleBuffer:
@@ -89,7 +91,7 @@ class Guard:
         self._clock = clock
         self._lock = threading.Lock()
         self._buffer = _SampleBuffer(max_samples)
-        self._requests = 0
+        self._counter = itertools.count(1)
         self._step_time = 0.0  # EWMA of one step's duration, seconds
         self._read_cost = 0.0  # EWMA of one cheap read
         self._census_cost = 0.0
@@ -100,6 +102,7 @@ class Guard:
         self._next_read = self._next_census = 1 if overhead_budget is None else 16
         self._sampling = False
         self._failed = False
+        self._used_at_census: int | None = None
         self._first_census: Census | None = None
         self._baseline: Census | None = None
         self._latest: Census | None = None
@@ -144,17 +147,21 @@ class Guard:
         return cast(F, wrapper)
 
     def _end_step(self, started: float) -> None:
+        # Hot path, no lock: next() on itertools.count is atomic under the GIL, and the timing
+        # statistics tolerate a lost update between threads. The lock is taken only when a read
+        # is due, to elect the one thread that reads.
         now = self._clock()
+        request = next(self._counter)
+        elapsed = now - started
+        self._busy_s += elapsed
+        self._step_time += (elapsed - self._step_time) * (0.05 if request > 1 else 1.0)
+        if request < self._next_read or self._sampling or self._failed:
+            return
         with self._lock:
-            self._requests += 1
-            request = self._requests
-            self._busy_s += now - started
-            self._step_time += (now - started - self._step_time) * (0.05 if request > 1 else 1.0)
-            due = request >= self._next_read and not self._sampling and not self._failed
-            if due:
-                self._sampling = True
-        if due:
-            self._sample(request - 1, now)
+            if self._sampling:
+                return
+            self._sampling = True
+        self._sample(request - 1, now)
 
     def _step_failed(self, error: BaseException) -> None:
         """A step raised: write the OOM post-mortem if asked and it is an OOM. Never raises."""
@@ -181,15 +188,27 @@ class Guard:
                 self._buffer.add(sample)
                 if census is not None:
                     self._keep_census(census, request)
+                    self._used_at_census = sample.device_used
                     self._next_census = request + 1 + (
-                        self._census_every or self._period(self._census_cost, share=0.5))
-                self._next_read = request + 1 + self._period(self._read_cost, share=0.5)
+                        self._census_every or self._period(self._census_cost, share=0.4))
+                elif self._climbing(sample.device_used) and self._census_every is None:
+                    self._next_census = request + 1  # a cheap signal climbs: look closer now
+                self._next_read = request + 1 + self._period(self._read_cost, share=0.4)
         except Exception:  # the guard must never break the service it watches
             self._failed = True
             _log.warning("vramguard: reading memory failed; the guard stops sampling", exc_info=True)
         finally:
             self._spent_s += time.perf_counter() - began
             self._sampling = False
+
+    def _climbing(self, used: int | None) -> bool:
+        # RSS (CPU) or driver-level use (CUDA) is read every few steps for almost nothing; when it
+        # has climbed 8 MiB (or 5%) above its level at the last census, the next read takes a
+        # census early instead of waiting out the budget's period. Each trigger resets the
+        # level, so this costs at most one census per 8 MiB of new high-water mark.
+        if used is None or self._used_at_census is None:
+            return False
+        return used - self._used_at_census > max(_CLIMB_BYTES, self._used_at_census // 20)
 
     def _wants_census(self) -> bool:
         # On CPU the census *is* the leak signal; on accelerators it only feeds the tensor diff.
@@ -219,7 +238,7 @@ class Guard:
         """Read memory now (with a census) outside the step cadence, e.g. before a report."""
         census = self._sampler.census()
         with self._lock:
-            request = max(0, self._requests - 1)
+            request = max(0, self.requests - 1)
             sample = self._sampler.read(request, self._clock(), census)
             self._buffer.add(sample)
             self._keep_census(census, request)
@@ -229,7 +248,8 @@ class Guard:
     @property
     def requests(self) -> int:
         """Steps completed so far."""
-        return self._requests
+        # count's repr is its next value; reading it does not advance it (and needs no lock).
+        return int(repr(self._counter)[6:-1]) - 1
 
     @property
     def overhead(self) -> float:
@@ -289,4 +309,8 @@ class _Step:
 
 
 def _ewma(old: float, new: float) -> float:
-    return new if old == 0.0 else old + (new - old) * 0.2
+    # Machine noise only ever adds time, so a cheaper measurement is believed at once and a
+    # dearer one only gradually: the estimate tracks the real cost, not the worst moments.
+    if old == 0.0 or new < old:
+        return new
+    return old + (new - old) * 0.2

@@ -144,3 +144,23 @@ def test_bad_settings_are_refused():
         Guard("cpu", overhead_budget=2)
     with pytest.raises(ValueError, match="census_every"):
         Guard("cpu", census_every=0)
+
+
+def test_climbing_memory_brings_the_next_census_forward():
+    # 1 ms steps (fake clock) and a 20% budget read RSS about every step but, at tens of ms per
+    # census, put the budgeted census hundreds of steps apart; a leak of 1 MiB per step makes
+    # RSS climb, which must trigger censuses long before that.
+    now = [0.0]
+
+    def clock():
+        now[0] += 0.0005
+        return now[0]
+
+    guard = Guard("cpu", overhead_budget=0.2, clock=clock)
+    kept = []
+    for _ in range(120):
+        with guard.step():
+            kept.append(torch.ones(1 << 18))  # 1 MiB, touched so RSS really grows
+    censuses = [s for s in guard.samples if s.allocated is not None]
+    assert len(censuses) >= 3
+    assert censuses[-1].allocated - censuses[0].allocated >= 40 << 20

@@ -87,10 +87,11 @@ def write_fix(cause: Cause, evidence: Evidence) -> str:
     var = f"`{evidence.variable}`" if evidence.variable else "a container"
     if cause is Cause.WORKER_PROCESS_GROWTH:
         grown = format_bytes(evidence.worker_growth_bytes or 0, signed=True)
-        return (f"child processes (DataLoader workers) grew {grown} during the diagnosis window: "
-                f"the Dataset keeps state in the workers and persistent_workers=True keeps them "
-                f"alive; don't accumulate in the Dataset (return values instead), bound what it "
-                f"keeps, or recreate the workers (persistent_workers=False)")
+        loader = f" of {var}" if evidence.variable else ""
+        return (f"the worker processes{loader} grew {grown} during the diagnosis window: "
+                f"{where} keeps state in each worker, and persistent_workers=True keeps the "
+                f"workers alive; return values instead of accumulating them in the Dataset, bound "
+                f"what it keeps, or recreate the workers (persistent_workers=False)")
     if cause is Cause.HOOK_RETENTION and evidence.hook is not None:
         module, hook, kind = evidence.hook
         return (f"the {kind} hook {hook} on `{module}` stores the module's output in {var} on every "

@@ -195,7 +195,7 @@ def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
         file=None if allocated_at is None else allocated_at.file,
         root_kind=None if path is None else path.root.kind,
         root_module=None if path is None else path.root.where,
-        variable=None if path is None else path.root.name,
+        variable=None if path is None else path.variable,
         direct=path is not None and path.direct,
         graph=graph,
         accumulator=graph and path is not None

@@ -111,6 +111,17 @@ class ReferencePath:
         return all(s.kind in ("index", "key") for s in self.steps)
 
     @property
+    def variable(self) -> str:
+        """The name of the container that grows: the named step (attribute, closure variable,
+        default argument) or root just before the last ``[i]``/``['k']`` step."""
+        steps = [s for s in self.steps if s.kind != "graph"]
+        last = max((i for i, s in enumerate(steps) if s.kind in ("index", "key")), default=None)
+        if last is None:
+            return self.root.name
+        named = [s for s in steps[:last] if s.kind in ("attr", "closure", "default")]
+        return named[-1].label if named else self.root.name
+
+    @property
     def dotted(self) -> str:
         """The root and its attribute steps, Python-like: ``model.1`` for a submodule."""
         return self.root.name + "".join(str(s) for s in _compact(self.steps))

@@ -218,7 +218,8 @@ def _suspect_html(rank: int, suspect: Suspect) -> str:
         parts.append(f'<div class="fix"><strong>Fix:</strong> {escape(suspect.fix)}</div>')
     if suspect.stack:
         frames = "\n".join(escape(str(site)) for site in suspect.stack)
-        parts.append(f"<details><summary>allocation stack ({len(suspect.stack)} frames)"
+        count = len(suspect.stack)
+        parts.append(f"<details><summary>allocation stack ({count} frame{'s' * (count != 1)})"
                      f"</summary><pre>{frames}</pre></details>")
     parts.append("</section>")
     return "\n".join(parts)

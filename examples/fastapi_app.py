@@ -1,0 +1,42 @@
+"""A FastAPI model server with one leaking and one clean endpoint, guarded by vramguard.
+
+Run it:   uvicorn examples.fastapi_app:app --port 8000
+Load it:  vramguard loadtest http://127.0.0.1:8000/predict/leaky --requests 200
+Look:     curl 127.0.0.1:8000/vramguard/status   (status is on here; keep it off in production)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+
+from vramguard.asgi import VramGuardMiddleware
+
+model = torch.nn.Linear(64, 8)
+history: list[torch.Tensor] = []  # the leak: every output is kept, with its autograd graph
+
+
+def create_app(**guard_options: Any) -> FastAPI:
+    """The app; ``guard_options`` go to :class:`~vramguard.asgi.VramGuardMiddleware`."""
+    app = FastAPI()
+
+    @app.get("/predict/leaky")
+    def leaky() -> dict[str, float]:
+        output = model(torch.randn(16, 64))
+        history.append(output)  # keeps 16x8 floats and the graph behind them, forever
+        return {"score": float(output.mean())}
+
+    @app.get("/predict/clean/{item_id}")
+    def clean(item_id: int) -> dict[str, float]:
+        with torch.no_grad():
+            output = model(torch.randn(16, 64))
+        return {"item": item_id, "score": float(output.mean())}
+
+    options: dict[str, Any] = {"expose_status": True, **guard_options}
+    app.add_middleware(VramGuardMiddleware, **options)
+    return app
+
+
+app = create_app()
