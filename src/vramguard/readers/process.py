@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import psutil
@@ -53,7 +54,5 @@ class ProcessReader:
 
     def __del__(self) -> None:
         if self._statm is not None and self._statm_pid == os.getpid():
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._statm)
-            except OSError:
-                pass
