@@ -12,7 +12,7 @@ marker are untouched (one marker lookup). Registered through the ``pytest11`` en
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,11 +144,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def vram_guard(request: pytest.FixtureRequest) -> Iterator[Any]:
+def vram_guard(request: pytest.FixtureRequest) -> Any:
     """A dense :class:`~vramguard.guard.Guard` (reads after every step) for tests that drive steps
     themselves: ``with vram_guard.step(): ...`` then assert on ``vram_guard.verdict()``."""
     from vramguard.guard import Guard
 
-    plugin: VramguardPlugin = request.config.pluginmanager.get_plugin("vramguard-state")
+    plugin = request.config.pluginmanager.get_plugin("vramguard-state")
+    assert isinstance(plugin, VramguardPlugin)  # registered in pytest_configure
     settings = plugin.settings(request.node.get_closest_marker(MARKER))
-    yield Guard(settings.device, overhead_budget=None, warmup=settings.warmup)
+    return Guard(settings.device, overhead_budget=None, warmup=settings.warmup)

@@ -34,7 +34,8 @@ def serve(options: str) -> tuple[subprocess.Popen[bytes], str]:
             f"uvicorn.run(create_app({options}), host='127.0.0.1', port={port}, "
             "log_level='warning')")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks on it
+    # A file, not a pipe: a chatty server never blocks on it. Closed once the server is up.
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
@@ -82,13 +83,15 @@ def test_status_names_only_the_leaking_route_and_healthz_turns_503(server: str) 
     assert set(routes) == {LEAKY, CLEAN}  # templates, never raw paths
     assert routes[LEAKY]["check"]["verdict"] == "leak"
     assert routes[CLEAN]["check"]["verdict"] == "no_leak"
-    assert routes[LEAKY]["measured"] == 60 and routes[LEAKY]["overlapped"] == 0
+    assert routes[LEAKY]["measured"] == 60
+    assert routes[LEAKY]["overlapped"] == 0
     assert status["overall"]["verdict"] == "leak"
     # The diagnosis engine is not wired in yet: the suspects are the growing tensor groups (the
     # 16x8 outputs kept, and the 16x64 inputs their graphs saved), not a variable name.
     grown = {tuple(s["tensors"]["shape"]): s["tensors"]["count_growth"]
              for s in routes[LEAKY]["check"]["suspects"]}
-    assert grown.get((16, 8)) == 60 and grown.get((16, 64)) == 60
+    assert grown.get((16, 8)) == 60
+    assert grown.get((16, 64)) == 60
     assert routes[CLEAN]["check"]["suspects"] == []
     assert health.status_code == 503
     assert "64.0 MiB" in health.text, health.text
@@ -100,7 +103,8 @@ def test_metrics_parse_with_prometheus_parser(server: str) -> None:
     requests = {s.labels["route"]: s.value for s in families["vramguard_route_requests"].samples
                 if s.name.endswith("_total")}
     assert requests.get(LEAKY, 0) >= 1 or requests == {}
-    assert "vramguard_guard_requests" in families and "vramguard_healthy" in families
+    assert "vramguard_guard_requests" in families
+    assert "vramguard_healthy" in families
 
 
 def test_status_is_off_unless_enabled() -> None:

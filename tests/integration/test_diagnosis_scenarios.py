@@ -53,13 +53,17 @@ def test_top_suspect_names_cause_root_and_line(name: str) -> None:
     path, diagnosis = _diagnose(name)
     top = diagnosis.suspects[0]
     assert top.cause == cause, top
-    assert top.held_by is not None and top.held_by.startswith(held_by), top.held_by
-    assert top.fix is not None and variable in top.fix, top.fix
+    assert top.held_by is not None
+    assert top.held_by.startswith(held_by), top.held_by
+    assert top.fix is not None
+    assert variable in top.fix, top.fix
     assert top.allocated_at is not None, top
     assert Path(top.allocated_at.file).resolve() == path.resolve()
     assert top.allocated_at.line == leak_line(path)
-    assert top.stack and top.stack[0] == top.allocated_at
-    assert top.retained_bytes is not None and top.retained_bytes > 0
+    assert top.stack
+    assert top.stack[0] == top.allocated_at
+    assert top.retained_bytes is not None
+    assert top.retained_bytes > 0
 
 
 def test_check_runs_the_window_after_a_leak_verdict() -> None:
@@ -68,8 +72,10 @@ def test_check_runs_the_window_after_a_leak_verdict() -> None:
     assert result.verdict.is_leak, result.verdict.reason
     top = result.suspects[0]
     assert top.cause == Cause.AUTOGRAD_GRAPH
-    assert top.allocated_at is not None and top.allocated_at.line == leak_line(path)
-    assert top.held_by is not None and top.held_by.startswith("results (global list")
+    assert top.allocated_at is not None
+    assert top.allocated_at.line == leak_line(path)
+    assert top.held_by is not None
+    assert top.held_by.startswith("results (global list")
 
 
 def test_clean_target_gets_no_window() -> None:
@@ -82,7 +88,8 @@ def test_clean_target_gets_no_window() -> None:
 
 def test_hook_suspect_names_module_and_hook() -> None:
     fix = _diagnose("hook_lambda")[1].suspects[0].fix or ""
-    assert "forward hook <lambda> at hook_lambda.py:" in fix and "on `model.1`" in fix, fix
+    assert "forward hook <lambda> at hook_lambda.py:" in fix, fix
+    assert "on `model.1`" in fix, fix
 
 
 def test_persistent_dataloader_worker_growth() -> None:
@@ -95,7 +102,9 @@ def test_persistent_dataloader_worker_growth() -> None:
     top = result.suspects[0]
     assert top.cause == Cause.WORKER_PROCESS_GROWTH, result.suspects
     assert top.tensors is None
-    assert top.held_by is not None and top.held_by.startswith("loader (global DataLoader")
-    assert top.retained_bytes is not None and top.retained_bytes > 4 * 1024 * 1024
+    assert top.held_by is not None
+    assert top.held_by.startswith("loader (global DataLoader")
+    assert top.retained_bytes is not None
+    assert top.retained_bytes > 4 * 1024 * 1024
     assert "Samples.__getitem__() in dataloader_workers.py" in (top.fix or ""), top.fix
     assert "`loader`" in (top.fix or ""), top.fix

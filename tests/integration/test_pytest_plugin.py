@@ -7,6 +7,7 @@ import pytest
 # Imported here so pytester's in-process runs (which restore sys.modules afterwards) never load
 # these extension modules a second time.
 import torch  # noqa: F401
+
 import vramguard.reporters.text
 import vramguard.runner  # noqa: F401
 

@@ -9,8 +9,8 @@ and variable names, so it answers 404 unless ``expose_status`` is set.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any

@@ -86,7 +86,7 @@ def decide_health(
             usage = _usage(sample)
             if usage is None:
                 continue
-            if usage <= threshold:
+            if threshold is None or usage <= threshold:
                 break
             since = sample.time
         if threshold is not None and since is not None and now - since >= above_for:

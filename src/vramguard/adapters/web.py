@@ -172,18 +172,18 @@ class WebGuard:
                 quiet = self._in_flight == 0
                 self._request_time = _ewma(self._request_time,
                                            self._clock() - ticket.step._started)
-                measured = (alone and before is not None and after is not None
-                            and before.allocated is not None and after.allocated is not None)
-                if not measured:
+                retained = None
+                if (alone and before is not None and after is not None
+                        and before.allocated is not None and after.allocated is not None):
+                    retained = after.allocated - before.allocated
+                else:
                     self._routes.count(name, overlapped=not alone, unsampled=alone)
-            if measured:
-                assert before is not None and after is not None  # for mypy: checked just above
+            if retained is not None and before is not None and after is not None:
                 groups = None
                 if before.census is not None and after.census is not None:
                     groups = diff_groups(before.census, after.census)
                 with self._lock:
-                    self._routes.measure(name, self._clock(), after.allocated - before.allocated,
-                                         groups)
+                    self._routes.measure(name, self._clock(), retained, groups)
             if quiet:
                 self._maybe_cleanup()
         except Exception:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import time
 import types
 from collections.abc import Callable, Iterable, Sequence
@@ -136,11 +137,16 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, fi
         def accept(saved: Any, node: str) -> bool:
             return matching(saved, node) is not None and tracker.site_of(saved) is not None
 
-        for saved, holder, node, retained in graph_holders(reversed(live), accept):
-            group = matching(saved, node)
-            if group is not None:
-                exemplars[group].append((saved, holder, node, retained))
-        del live
+        # Graph nodes are attributed to the first holder that reaches them: try tensors Python
+        # refers to (higher refcount) before objects only C++ keeps (unpacked saved tensors).
+        holders = sorted(live, key=sys.getrefcount, reverse=True)
+        found = graph_holders(holders, accept)
+        del holders
+        for saved, holder, node, retained in found:
+            saved_group = matching(saved, node)
+            if saved_group is not None:
+                exemplars[saved_group].append((saved, holder, node, retained))
+        del live, found
         ignore = {id(exemplars), *(id(v) for v in exemplars.values())}
         merged: dict[tuple[Cause, str], Suspect] = {}
         for group, count, size in grown:
@@ -232,7 +238,7 @@ def _hook_references(hook: Any) -> Iterable[Any]:
         function = hook.__func__
     elif not isinstance(hook, types.FunctionType):
         yield from getattr(hook, "__dict__", {}).values()
-        function = getattr(type(hook), "__call__", None)
+        function = type(hook).__call__ if callable(hook) else None
     if not isinstance(function, types.FunctionType):
         return
     yield from (cell.cell_contents for cell in function.__closure__ or ()

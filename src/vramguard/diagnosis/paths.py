@@ -194,6 +194,7 @@ class _Search:
         self.module_dicts = finder.module_dicts()
         current = threading.get_ident()
         self.own_frames: set[int] = set()
+        self.frames: list[tuple[types.FrameType, str]] = []
         self.thread_frames: dict[int, str] = {}
         names = {t.ident: t.name for t in threading.enumerate()}
         for ident, frame in sys._current_frames().items():
@@ -203,18 +204,21 @@ class _Search:
                     self.own_frames.add(id(f))
                 else:
                     self.thread_frames[id(f)] = names.get(ident, f"thread {ident}")
+                    # a running frame's locals are not visited by gc: scan them directly
+                    self.frames.append((f, names.get(ident, f"thread {ident}")))
                 f = f.f_back
         del frame, f
         self.objects: dict[int, Any] = {id(target): target}
         self.parent: dict[int, tuple[int, Step | None]] = {id(target): (0, None)}
         self.held: list[Any] = []
-        self.ignore = ignore | {id(self.objects), id(self.parent), id(self.held), id(self.__dict__),
+        self.ignore = ignore | {id(self.objects), id(self.parent), id(self.held), id(self.frames),
                                 id(self)}
         self.target_id = id(target)
         self.cycle = False
         self.fallback: tuple[int, Root] | None = None
 
     def close(self) -> None:
+        self.frames.clear()
         self.objects.clear()
         self.held.clear()
 
@@ -246,6 +250,11 @@ class _Search:
 
     def _expand(self, node_id: int, frontier: list[int]) -> PathResult | None:
         node = self.objects[node_id]
+        for frame, thread in self.frames:
+            name = next((k for k, v in frame.f_locals.items() if v is node), None)
+            if name is not None:
+                return self._result(node_id, Root(RootKind.THREAD_FRAME, name, _type_name(node),
+                                                  f"{frame.f_code.co_name}() in thread {thread}"))
         referrers = gc.get_referrers(node)
         self.held.append(referrers)
         self.ignore.add(id(referrers))
@@ -317,7 +326,7 @@ class _Search:
         for owner in gc.get_referrers(ref):
             if id(owner) in self.ignore or id(owner) in self.own_frames:
                 continue
-            if isinstance(owner, type) and vars(owner).get(key) is child:
+            if isinstance(owner, type) and vars(owner).get(str(key)) is child:
                 return self._result(child_id, Root(
                     RootKind.CLASS_ATTRIBUTE, f"{owner.__qualname__}.{key}", _type_name(child),
                     owner.__module__))

@@ -206,7 +206,7 @@ def _tensor_args(args: tuple[Any, ...], kwargs: dict[str, Any] | None,
 def _make_mode(tracker: SiteTracker) -> Any:
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class _SiteMode(TorchDispatchMode):  # type: ignore[misc]
+    class _SiteMode(TorchDispatchMode):
         def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                                kwargs: dict[str, Any] | None = None) -> Any:
             out = func(*args, **(kwargs or {}))

@@ -1,0 +1,83 @@
+"""Pure parts of the web adapters: options, per-route bookkeeping, the health decision, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from vramguard.adapters.health import decide_health
+from vramguard.adapters.options import WebOptions
+from vramguard.adapters.routes import OTHER, RouteBook
+from vramguard.analysis.samples import Sample
+from vramguard.analysis.verdict import VerdictKind, decide
+from vramguard.errors import UsageError
+from vramguard.pytest_plugin import Settings, resolve
+from vramguard.units import Percent
+
+
+def test_options_parse_sizes_and_durations() -> None:
+    options = WebOptions.parse(unhealthy_within="30m", unhealthy_limit="90%",
+                               unhealthy_above="2GiB", cleanup_above="512MiB")
+    assert options.unhealthy_within == 1800.0
+    assert options.unhealthy_limit == Percent(90.0)
+    assert options.unhealthy_above == 2 * 1024**3
+    assert options.cleanup_above == 512 * 1024**2
+
+
+@pytest.mark.parametrize("bad", [{"prefix": "vramguard"}, {"prefix": "/x/"}, {"cleanup_every": 0},
+                                 {"unhealthy_within": "soon"}, {"unhealthy_limit": "20 gigs"}])
+def test_options_refuse_bad_values(bad: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        WebOptions.parse(**bad)  # type: ignore[arg-type]
+
+
+def test_route_book_attributes_only_measured_requests() -> None:
+    book = RouteBook()
+    for i in range(60):
+        book.measure("/leak", float(i), 4096)
+        book.measure("/clean", float(i), 0)
+        book.count("/clean", overlapped=True)
+    assert book.verdict("/leak").kind is VerdictKind.LEAK
+    assert book.verdict("/clean").kind is VerdictKind.NO_LEAK
+    clean = book.counts("/clean")
+    assert (clean.requests, clean.measured, clean.overlapped) == (120, 60, 60)
+    assert book.counts("/leak").retained_bytes == 60 * 4096
+
+
+def test_route_book_is_bounded() -> None:
+    book = RouteBook(max_routes=2, max_samples=16)
+    for i in range(100):
+        book.measure(f"/r{i}", 0.0, 1)
+    assert book.names() == ["/r0", "/r1", OTHER]
+    assert len(book.samples(OTHER)) < 16
+
+
+def _leak(rate_per_s: float, start: int = 10 * 2**20) -> list[Sample]:
+    return [Sample(request=i, time=float(i), allocated=start + int(rate_per_s * i),
+                   device_used=start + int(rate_per_s * i)) for i in range(100)]
+
+
+def test_health_fails_when_the_leak_reaches_the_limit_in_time() -> None:
+    samples = _leak(2**20)  # 1 MiB/s from 10 MiB
+    verdict = decide(samples, warmup=0)
+    near = decide_health(verdict, samples, 100.0, within=3600, limit=200 * 2**20)
+    far = decide_health(verdict, samples, 100.0, within=30, limit=200 * 2**20)
+    assert not near.healthy
+    assert near.seconds_to_limit == pytest.approx(91, abs=2)
+    assert far.healthy
+
+
+def test_health_fails_when_usage_stays_above_the_threshold() -> None:
+    flat = [Sample(request=i, time=float(i), allocated=100, device_used=5000) for i in range(100)]
+    verdict = decide(flat, warmup=0)
+    assert decide_health(verdict, flat, 99.0, within=3600, above=4000, above_for=60).healthy is False
+    assert decide_health(verdict, flat, 99.0, within=3600, above=4000, above_for=120).healthy
+    assert decide_health(verdict, flat, 99.0, within=3600, above=6000, above_for=1).healthy
+
+
+def test_plugin_settings_marker_then_command_line_then_ini_then_default() -> None:
+    assert resolve({}, {}, {}) == Settings(100, 10, "auto")
+    assert resolve({}, {}, {"iterations": "50", "device": ""}) == Settings(50, 10, "auto")
+    assert resolve({}, {"iterations": "70"}, {"iterations": "50"}) == Settings(70, 10, "auto")
+    assert resolve({"iterations": 30}, {"iterations": "70"}, {}) == Settings(30, 10, "auto")
+    with pytest.raises(UsageError):
+        resolve({"iterations": 5, "warmup": 5}, {}, {})
