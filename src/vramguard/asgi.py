@@ -11,8 +11,10 @@ lives in :mod:`vramguard.adapters`.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from vramguard.adapters.endpoints import Endpoints, Response
@@ -24,6 +26,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_NULL: AbstractContextManager[None] = nullcontext()
 
 
 def route_template(scope: Scope, root_path: str = "") -> str | None:
@@ -33,6 +36,10 @@ def route_template(scope: Scope, root_path: str = "") -> str | None:
     inside a ``Mount`` gets the mount's prefix from the ``root_path`` the mount extended. Without
     it, the app's routes are matched again (``scope["app"].routes``, the Starlette app).
     """
+    return _template(_find_route(scope), scope, root_path)
+
+
+def _find_route(scope: Scope) -> Any:
     route = scope.get("route")
     if route is None:
         app = scope.get("app")
@@ -42,8 +49,11 @@ def route_template(scope: Scope, root_path: str = "") -> str | None:
             except Exception:
                 continue
             if getattr(match, "name", "") == "FULL":
-                route = candidate
-                break
+                return candidate
+    return route
+
+
+def _template(route: Any, scope: Scope, root_path: str) -> str | None:
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return None
@@ -113,8 +123,21 @@ class VramGuardMiddleware:
                 end()
             await send(message)
 
+        tracking = _NULL
+        if self.web.diagnosing:
+            # A route under diagnosis: match it now (the router sets scope["route"] only later)
+            # and record allocation sites while the app runs, for ``async def`` endpoints only:
+            # they run in this thread. Sync ones run in Starlette's threadpool, which the
+            # tracker (thread-local) cannot follow; see vramguard.adapters.window.
+            try:
+                route = _find_route(scope)
+                if inspect.iscoroutinefunction(getattr(route, "endpoint", None)):
+                    tracking = self.web.track(_template(route, scope, root_path))
+            except Exception:  # a strange router must not fail the request
+                tracking = _NULL
         try:
-            await self.app(scope, receive, guarded_send)
+            with tracking:
+                await self.app(scope, receive, guarded_send)
         finally:
             if not ended:  # the app raised, or never finished its response
                 end()

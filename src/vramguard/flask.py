@@ -20,13 +20,31 @@ if TYPE_CHECKING:
 EXTENSION = "vramguard"
 
 
+_TRACKING_KEY = "vramguard.tracking"
+
+
 def _remember_route() -> None:
     # Runs inside Flask's request context: the matched rule is the route template.
-    from flask import request
+    from flask import current_app, request
 
     rule = request.url_rule
     if rule is not None:
         request.environ[ROUTE_KEY] = rule.rule
+        web = current_app.extensions.get(EXTENSION)
+        if web is not None and web.diagnosing:
+            # The route is under diagnosis: record allocation sites in this thread (the view's)
+            # until the request context is torn down. ``track`` never raises.
+            tracking = web.track(rule.rule)
+            tracking.__enter__()
+            request.environ[_TRACKING_KEY] = tracking
+
+
+def _stop_tracking(error: BaseException | None = None) -> None:
+    from flask import request
+
+    tracking = request.environ.pop(_TRACKING_KEY, None)
+    if tracking is not None:
+        tracking.__exit__(None, None, None)
 
 
 class VramGuard:
@@ -44,6 +62,7 @@ class VramGuard:
         middleware = VramGuardWSGI(app.wsgi_app, **{**self._options, **options})
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.before_request(_remember_route)
+        app.teardown_request(_stop_tracking)
         app.extensions[EXTENSION] = middleware.web
 
     @staticmethod

@@ -9,6 +9,7 @@ after every step, because its job is a verdict in as few requests as possible.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import itertools
 import logging
@@ -233,6 +234,14 @@ class Guard:
         if self._baseline is None and request >= warmup:
             self._baseline = census
         self._latest = census
+
+    def live_bytes_after_collection(self) -> int | None:
+        """Run a full ``gc.collect()`` and read the live bytes (census on CPU, allocator on
+        accelerators). Costly (a full collection): for reports, never per request."""
+        gc.collect()
+        if self.device.is_cpu:
+            return self._sampler.census(groups=False).total_bytes
+        return self._sampler.read(self.requests, self._clock()).allocated
 
     def sample_now(self) -> Sample:
         """Read memory now (with a census) outside the step cadence, e.g. before a report."""

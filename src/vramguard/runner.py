@@ -13,7 +13,7 @@ from typing import Any
 
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.suspects import Suspect, TensorGrowth
-from vramguard.analysis.verdict import Verdict, VerdictKind, auto_warmup
+from vramguard.analysis.verdict import Verdict, VerdictKind, after_collection, auto_warmup
 from vramguard.errors import TargetFailed, UsageError
 from vramguard.guard import Guard
 
@@ -76,6 +76,8 @@ def run_check(
         if progress is not None:
             progress(index + 1)
     verdict = guard.verdict()
+    if verdict.kind is VerdictKind.LEAK:  # garbage cycles look like a leak until collected
+        verdict = after_collection(verdict, guard.live_bytes_after_collection())
     suspects: tuple[Suspect, ...] = ()
     if verdict.kind is VerdictKind.LEAK:  # tensor groups explain allocator growth only
         suspects = tuple(

@@ -65,12 +65,23 @@ class VramGuardWSGI:
             return [b"" if method == "HEAD" else response.body]
         ticket = self.web.begin()
         try:
+            if self.web.diagnosing and self._route_of is not None:
+                # A route under diagnosis: record allocation sites while the app runs (this is
+                # the handler's thread). Flask does this in its own hooks (vramguard.flask).
+                with self.web.track(self._safe_route(environ)):
+                    return self.app(environ, start_response)
             return self.app(environ, start_response)
         finally:
             # The step ends when the app returns, before the server writes the body: once the
             # client has the response it may send the next request, which would overlap this
             # one's reading. A streamed body's generator runs later, outside the step.
             self._end(ticket, environ)
+
+    def _safe_route(self, environ: dict[str, Any]) -> str | None:
+        try:
+            return self._route_of(environ) if self._route_of is not None else None
+        except Exception:  # a broken route_of must not fail the request
+            return None
 
     def _end(self, ticket: Ticket | None, environ: dict[str, Any]) -> None:
         route = None

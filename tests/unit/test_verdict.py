@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from tests.unit import series
 from vramguard.analysis.samples import Sample
-from vramguard.analysis.verdict import Growth, Verdict, VerdictKind, auto_warmup, decide
+from vramguard.analysis.verdict import (
+    Growth,
+    Verdict,
+    VerdictKind,
+    after_collection,
+    auto_warmup,
+    decide,
+)
 
 KIB, MIB, GIB = series.KIB, series.MIB, series.GIB
 SEEDS = (0, 1, 2)
@@ -305,3 +312,26 @@ def test_offset_and_scale_do_not_change_the_verdict(
     y = np.array([s.allocated for s in scenario.make(seed, 300)], dtype=float)
     base = decide(allocated_only(y)).kind
     assert decide(allocated_only(y * factor + offset)).kind is base
+
+
+def _leak_verdict() -> Verdict:
+    samples = [Sample(request=i, time=float(i), allocated=1000 + 100 * i) for i in range(200)]
+    verdict = decide(samples)
+    assert verdict.kind is VerdictKind.LEAK
+    return verdict
+
+
+def test_growth_a_collection_gives_back_was_garbage() -> None:
+    verdict = _leak_verdict()
+    assert verdict.start_bytes is not None
+    judged = after_collection(verdict, verdict.start_bytes + 10)
+    assert judged.kind is VerdictKind.NO_LEAK
+    assert judged.detected_after is None
+    assert any("reference cycles" in w for w in judged.warnings)
+
+
+def test_growth_that_survives_a_collection_stays_a_leak() -> None:
+    verdict = _leak_verdict()
+    assert verdict.end_bytes is not None
+    assert after_collection(verdict, verdict.end_bytes) is verdict
+    assert after_collection(verdict, None) is verdict

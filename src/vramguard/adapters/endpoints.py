@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from vramguard.adapters.web import WebGuard
+from vramguard.adapters.window import RouteDiagnosis
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict
 from vramguard.reporters.json_report import check_document
@@ -127,6 +128,15 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _diagnosis(found: RouteDiagnosis | None) -> dict[str, Any] | None:
+    # How the route's suspects were diagnosed: ``tracked_requests`` 0 means no allocation site
+    # could be recorded (sync endpoints in a threadpool), so ``allocated_at`` stays null.
+    if found is None:
+        return None
+    return {"window_requests": found.requests, "tracked_requests": found.tracked,
+            "analysis_seconds": found.analysis_s}
+
+
 def status_document(web: WebGuard) -> dict[str, Any]:
     """Overall and per-route verdicts with suspects, in the ``vramguard.check/1`` shapes."""
     device = str(web.guard.device)
@@ -142,6 +152,7 @@ def status_document(web: WebGuard) -> dict[str, Any]:
             "retained_bytes": counts.retained_bytes,
             "check": _check(counts.route, device, web.route_verdict(counts.route),
                             web.route_suspects(counts.route)),
+            "diagnosis": _diagnosis(web.diagnosis(counts.route)),
         })
     cleanup = web.cleanups
     return {

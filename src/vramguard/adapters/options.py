@@ -36,6 +36,9 @@ class WebOptions:
     ``unhealthy_for``: healthz also fails when memory in use stayed above that size (or share of
     the device) for that long. ``cleanup_every``: run gc and release the allocator cache every N
     requests; ``cleanup_above``: ... whenever reserved minus allocated exceeds that many bytes.
+    ``diagnose_requests``: once a route's verdict is a leak, its next N requests run in a diagnosis
+    window (allocation sites, reference paths, cause and fix in ``status``); 0 turns it off.
+    ``diagnose_every``: a route's window is opened again at most this often (seconds).
     """
 
     prefix: str = "/vramguard"
@@ -47,6 +50,8 @@ class WebOptions:
     cleanup_every: int | None = None
     cleanup_above: int | None = None
     max_routes: int = 256
+    diagnose_requests: int = 20
+    diagnose_every: float = 600.0
 
     @classmethod
     def parse(
@@ -61,6 +66,8 @@ class WebOptions:
         cleanup_every: int | None = None,
         cleanup_above: str | int | None = None,
         max_routes: int = 256,
+        diagnose_requests: int = 20,
+        diagnose_every: str | float = "10m",
     ) -> WebOptions:
         """Validate user-facing values; raises :class:`~vramguard.errors.UsageError` with a hint."""
         if not prefix.startswith("/") or prefix.endswith("/") or len(prefix) < 2:
@@ -71,6 +78,9 @@ class WebOptions:
                              f"got {cleanup_every!r}")
         if max_routes < 1:
             raise UsageError(f"expected max_routes >= 1, got {max_routes!r}")
+        if isinstance(diagnose_requests, bool) or diagnose_requests < 0:
+            raise UsageError(f"expected diagnose_requests to be a number of requests (0: off), "
+                             f"got {diagnose_requests!r}")
         above = _size("cleanup_above", cleanup_above, allow_percent=False)
         return cls(
             prefix=prefix,
@@ -82,6 +92,8 @@ class WebOptions:
             cleanup_every=cleanup_every,
             cleanup_above=above if isinstance(above, int) else None,
             max_routes=max_routes,
+            diagnose_requests=diagnose_requests,
+            diagnose_every=_duration("diagnose_every", diagnose_every),
         )
 
     def __str__(self) -> str:

@@ -116,12 +116,16 @@ class RouteBook:
             route.verdict, route.verdict_key = decide(route.samples), key
         return route.verdict
 
+    def grown(self, name: str) -> list[tuple[TensorGroup, int, int]]:
+        """(group, count growth, bytes growth) of the route's groups that grew, largest first."""
+        return sorted(((g, c, b) for g, (c, b) in self._routes[name].groups.items() if b > 0),
+                      key=lambda item: item[2], reverse=True)
+
     def suspects(self, name: str, limit: int = 5) -> tuple[Suspect, ...]:
         """Tensor groups that grew over the route's measured requests, largest first (leaks only)."""
         if self.verdict(name).kind is not VerdictKind.LEAK:
             return ()
-        grown = sorted(((g, c, b) for g, (c, b) in self._routes[name].groups.items() if b > 0),
-                       key=lambda item: item[2], reverse=True)
+        grown = self.grown(name)
         return tuple(
             Suspect(TensorGrowth(g.device, g.dtype, g.shape, g.requires_grad, g.grad_fn, c, b,
                                  g.in_graph))

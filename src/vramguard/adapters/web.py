@@ -16,13 +16,15 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from vramguard.adapters.health import Health, decide_health
 from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import UNMATCHED, RouteBook, RouteCounts
+from vramguard.adapters.window import RouteDiagnosis, Windows
 from vramguard.analysis.suspects import Suspect, TensorGrowth
-from vramguard.analysis.verdict import Verdict, VerdictKind
+from vramguard.analysis.verdict import Verdict, VerdictKind, decide
 from vramguard.guard import Guard, _Step
 from vramguard.readers.census import Census, diff_groups
 from vramguard.readers.device import Device, resolve_device
@@ -30,6 +32,7 @@ from vramguard.readers.sampler import Sampler
 
 _log = logging.getLogger("vramguard")
 _CUDA_CENSUS_EVERY = 16  # on accelerators the counters are the signal; censuses only name suspects
+_VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,7 @@ class WebGuard:
         census_every: int | None = None,
         options: WebOptions | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        windows: Windows | None = None,
     ) -> None:
         self._generation = 0  # +1 whenever a request begins or ends: see _SharedSampler
         self._sampler = _SharedSampler(resolve_device(device), lambda: self._generation)
@@ -124,6 +128,10 @@ class WebGuard:
         self._cleanup = CleanupStats()
         self._broken = False
         self._logged: set[str] = set()
+        # Diagnosis windows (see adapters/window.py): ``windows`` is injectable for tests.
+        self._windows = windows or Windows(self.options.diagnose_requests,
+                                           self.options.diagnose_every, clock)
+        self._verdict_checked: dict[str, float] = {}
 
     # -- per request (hot path) -----------------------------------------------------------------
     def begin(self) -> Ticket | None:
@@ -184,10 +192,46 @@ class WebGuard:
                     groups = diff_groups(before.census, after.census)
                 with self._lock:
                     self._routes.measure(name, self._clock(), retained, groups)
+                self._maybe_diagnose(name)
+            if self._windows.open:
+                self._windows.ended(name)
             if quiet:
                 self._maybe_cleanup()
         except Exception:
             self._fail("end")
+
+    # -- diagnosis windows ------------------------------------------------------------------------
+    @property
+    def diagnosing(self) -> bool:
+        """True while a diagnosis window is open (hot path: adapters test it before ``track``)."""
+        return self._windows.open
+
+    def track(self, route: str | None) -> AbstractContextManager[None]:
+        """Enter around the handler, in its thread, to record allocation sites while ``route`` is
+        under diagnosis (a no-op context otherwise; never raises)."""
+        return self._windows.track(route)
+
+    def _maybe_diagnose(self, name: str) -> None:
+        # Deciding costs milliseconds at hundreds of samples: at most once a second per route,
+        # and only when a window could open. The window itself runs in its own thread.
+        now = self._clock()
+        if (name == UNMATCHED or not self._windows.due(name)
+                or now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S):
+            return
+        self._verdict_checked[name] = now
+        try:
+            with self._lock:
+                samples = self._routes.samples(name)
+            if decide(samples, find_detection=False).kind is VerdictKind.LEAK:
+                with self._lock:
+                    grown = self._routes.grown(name)
+                self._windows.start(name, grown)
+        except Exception:  # diagnosis is extra: it stops, the guard and the request go on
+            self._windows.fail("deciding whether to open a window")
+
+    def diagnosis(self, route: str) -> RouteDiagnosis | None:
+        """The latest finished diagnosis window of ``route`` (None: none yet)."""
+        return self._windows.result(route)
 
     def _pair_period(self) -> int:
         if self._budget is None or self._pairs < 4:
@@ -280,9 +324,16 @@ class WebGuard:
             return self._routes.verdict(route)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
-        """Tensor groups that grew over one route's measured requests (leaks only)."""
+        """One route's suspects (leaks only): diagnosed (allocation site, root, cause, fix) once
+        its diagnosis window finished, else the tensor groups that grew over its requests."""
         with self._lock:
-            return self._routes.suspects(route, limit)
+            if self._routes.verdict(route).kind is not VerdictKind.LEAK:
+                return ()
+            grown = self._routes.suspects(route, limit)
+        diagnosis = self._windows.result(route)
+        if diagnosis is not None and diagnosis.suspects:
+            return diagnosis.suspects[:limit]
+        return grown
 
     def health(self) -> Health:
         """Whether a liveness probe should pass (see :func:`decide_health`)."""

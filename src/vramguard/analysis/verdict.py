@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -344,3 +344,34 @@ def decide(
     return verdict(metric.kind, _reason(metric.kind, metric.name, evidence, int(mx[0]),
                                         int(mx[-1])),
                    warnings=warnings, growth=growth, values=my, detected=detected)
+
+
+def after_collection(verdict: Verdict, live_bytes: int | None) -> Verdict:
+    """Re-judge a leak verdict with the live bytes measured right after a full ``gc.collect()``.
+
+    Tensors in unreachable reference cycles count as live until the collector's oldest generation
+    runs, which in a large process can take thousands of requests: the series then grows like a
+    leak. If a collection gives back more than half of the growth, that growth was garbage
+    waiting for the collector: no leak, with a warning (the cycles still cost memory between
+    collections). Pure; anything but a leak verdict is returned unchanged.
+    """
+    if verdict.kind is not VerdictKind.LEAK or live_bytes is None:
+        return verdict
+    if verdict.start_bytes is None or verdict.end_bytes is None:
+        return verdict
+    grown = verdict.end_bytes - verdict.start_bytes
+    if grown <= 0 or live_bytes - verdict.start_bytes > grown / 2:
+        return verdict
+    warning = (
+        f"memory grew by {format_bytes(grown, signed=True)} but a garbage collection gave "
+        f"back all but {format_bytes(max(0, live_bytes - verdict.start_bytes))}: reference "
+        "cycles hold tensors until the collector runs (break the cycles, or gc.collect())"
+    )
+    return replace(
+        verdict,
+        kind=VerdictKind.NO_LEAK,
+        detected_after=None,
+        warnings=(*verdict.warnings, warning),
+        reason=f"the growth was garbage: {format_bytes(live_bytes)} live after gc.collect(), "
+        f"against {format_bytes(verdict.end_bytes)} before it",
+    )

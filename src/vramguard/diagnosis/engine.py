@@ -114,16 +114,47 @@ def _key(growth: TensorGrowth) -> TensorGroup:
                        growth.grad_fn, growth.in_graph)
 
 
+def explain(
+    grown: Sequence[tuple[TensorGroup, int, int]],
+    tracker: SiteTracker,
+    *,
+    born: Callable[[Any], bool] | None = None,
+    known: Sequence[Suspect] = (),
+    max_suspects: int = 5,
+    limits: Limits | None = None,
+) -> tuple[Suspect, ...]:
+    """Explain groups that grew during a window that someone else ran (the web middleware).
+
+    ``grown``: (group, count growth, bytes growth), largest first; ``tracker``: the SiteTracker
+    that was active during the window; ``born(tensor)``: True for tensors created during the window
+    that the tracker may not have seen (None: only tracked tensors are exemplars). Like
+    :func:`diagnose`, it holds the live tensors only while it runs. Largest retained bytes first.
+    """
+    suspects = _explain(list(grown)[:_GROUPS], tracker, PathFinder(limits),
+                        {_key(s.tensors): s for s in known if s.tensors is not None}, born)
+    return tuple(sorted(suspects, key=lambda s: (s.cause == Cause.UNKNOWN and s.allocated_at is None,
+                                                 -(s.retained_bytes or 0)))[:max_suspects])
+
+
 def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, finder: PathFinder,
-             known: dict[TensorGroup, Suspect]) -> list[Suspect]:
+             known: dict[TensorGroup, Suspect],
+             born: Callable[[Any], bool] | None = None) -> list[Suspect]:
+    # ``born``: also counts a tensor as the window's when the tracker has no site for it (the web
+    # middleware's handlers may run in threads where the tracker's dispatch mode is not active).
+    def in_window(tensor: Any) -> bool:
+        return tracker.site_of(tensor) is not None or (born is not None and born(tensor))
+
     wanted = {group for group, _, _ in grown}
     exemplars: dict[TensorGroup, list[tuple[Any, Any, str, int]]] = {g: [] for g in wanted}
     live = CensusTaker().live_tensors()
+    # Graph nodes are attributed to the first holder that reaches them: try tensors Python
+    # refers to (higher refcount, measured before we add references) before objects only C++
+    # keeps (unpacked saved tensors).
+    holders = sorted(live, key=sys.getrefcount, reverse=True)
     try:
         for tensor in reversed(live):  # newest last in gc order: the window's tensors first
             group = _group_key(tensor)
-            if group in wanted and len(exemplars[group]) < _EXEMPLARS \
-                    and tracker.site_of(tensor) is not None:
+            if group in wanted and len(exemplars[group]) < _EXEMPLARS and in_window(tensor):
                 exemplars[group].append((tensor, None, "", 0))
 
         # A saved tensor unpacked once (by the census, say) keeps a Python object that gc lists
@@ -135,13 +166,9 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, fi
             return None
 
         def accept(saved: Any, node: str) -> bool:
-            return matching(saved, node) is not None and tracker.site_of(saved) is not None
+            return matching(saved, node) is not None and in_window(saved)
 
-        # Graph nodes are attributed to the first holder that reaches them: try tensors Python
-        # refers to (higher refcount) before objects only C++ keeps (unpacked saved tensors).
-        holders = sorted(live, key=sys.getrefcount, reverse=True)
         found = graph_holders(holders, accept)
-        del holders
         for saved, holder, node, retained in found:
             saved_group = matching(saved, node)
             if saved_group is not None:
@@ -165,6 +192,7 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, fi
                                       + (second.retained_bytes or 0))
         return list(merged.values())
     finally:
+        holders.clear()
         exemplars.clear()  # the window's tensors belong to the user again
 
 

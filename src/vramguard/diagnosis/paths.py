@@ -404,7 +404,20 @@ def graph_holders(tensors: Iterable[Any],
     found: list[tuple[Any, Any, str, int]] = []
     seen: set[int] = set()
     keep: list[Any] = []  # nodes stay alive while their ids are in ``seen``
+    tensors = list(tensors)
     try:
+        # Tensors whose grad_fn no other graph reaches (``total``, not an unpacked saved tensor
+        # inside its graph) claim the graph first.
+        inner: set[int] = set()
+        stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+        while stack:
+            node = stack.pop()
+            for child, _ in node.next_functions:
+                if child is not None and id(child) not in inner:
+                    inner.add(id(child))
+                    keep.append(child)
+                    stack.append(child)
+        tensors.sort(key=lambda t: t.grad_fn is None or id(t.grad_fn) in inner)
         for tensor in tensors:
             if tensor.grad_fn is None or id(tensor.grad_fn) in seen:
                 continue
@@ -428,6 +441,7 @@ def graph_holders(tensors: Iterable[Any],
             found.extend((saved, tensor, name, total) for saved, name in mine)
     finally:
         keep.clear()
+        tensors.clear()
     return found
 
 

@@ -62,7 +62,7 @@ def leak_every_tenth(i: int) -> None:
 
 
 def late_leak(i: int) -> None:
-    if i >= 180:  # 60% into a 300-request check
+    if i >= 120:  # 60% into a 200-request check
         late_store.append(torch.randn(64))
 
 
