@@ -6,9 +6,10 @@ goes through a callback.
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vramguard.analysis.samples import Sample
@@ -16,6 +17,7 @@ from vramguard.analysis.suspects import Suspect, TensorGrowth
 from vramguard.analysis.verdict import Verdict, VerdictKind, after_collection, auto_warmup
 from vramguard.errors import TargetFailed, UsageError
 from vramguard.guard import Guard
+from vramguard.units import format_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,7 @@ class CheckResult:
     verdict: Verdict
     suspects: tuple[Suspect, ...]
     samples: tuple[Sample, ...]
+    diagnosis_seconds: float | None = None  # the diagnosis window and its analysis; None: not run
 
     def __str__(self) -> str:
         return f"{self.target} on {self.device}: {self.verdict}"
@@ -61,9 +64,13 @@ def run_check(
     guard = Guard(device, overhead_budget=None, warmup=resolved_warmup,
                   max_samples=4 * requests + 16, census_every=max(1, requests // 100))
     children_start: int | None = None
+    live_at_warmup: int | None = None
     for index in range(requests):
-        if index == resolved_warmup and diagnosis_requests > 0:
-            children_start = _children_rss()
+        if index == resolved_warmup:
+            # The reference for telling garbage cycles from a leak (see after_collection).
+            live_at_warmup = guard.live_bytes_after_collection()
+            if diagnosis_requests > 0:
+                children_start = _children_rss()
         try:
             with guard.step():
                 function(index)
@@ -77,7 +84,7 @@ def run_check(
             progress(index + 1)
     verdict = guard.verdict()
     if verdict.kind is VerdictKind.LEAK:  # garbage cycles look like a leak until collected
-        verdict = after_collection(verdict, guard.live_bytes_after_collection())
+        verdict = after_collection(verdict, live_at_warmup, guard.live_bytes_after_collection())
     suspects: tuple[Suspect, ...] = ()
     if verdict.kind is VerdictKind.LEAK:  # tensor groups explain allocator growth only
         suspects = tuple(
@@ -85,10 +92,21 @@ def run_check(
                                  count, size, g.in_graph))
             for g, count, size in guard.growing_tensors(limit=max_suspects)
         )
-    workers_grew = children_start is not None and _children_rss() - children_start > _WORKER_GROWTH
+    children_growth = None if children_start is None else _children_rss() - children_start
+    workers_grew = children_growth is not None and children_growth > _WORKER_GROWTH
+    if workers_grew:
+        # Child processes are outside this process's tensors and allocator, so they do not
+        # change the verdict; they are reported (and diagnosed) so they are not missed.
+        verdict = replace(verdict, warnings=(
+            *verdict.warnings,
+            f"child processes (e.g. DataLoader workers) grew by "
+            f"{format_bytes(children_growth, signed=True)} after warm-up: see the suspects"))
+    diagnosis_seconds: float | None = None
     if diagnosis_requests > 0 and (suspects or workers_grew):
+        began = time.perf_counter()
         suspects = _diagnose(target, function, requests, diagnosis_requests, str(guard.device)
                              if not guard.device.is_cpu else "cpu", suspects, max_suspects)
+        diagnosis_seconds = time.perf_counter() - began
     return CheckResult(
         target=target,
         device=str(guard.device),
@@ -97,6 +115,7 @@ def run_check(
         verdict=verdict,
         suspects=suspects,
         samples=guard.samples,
+        diagnosis_seconds=diagnosis_seconds,
     )
 
 

@@ -91,7 +91,9 @@ def test_status_names_only_the_leaking_route_and_healthz_turns_503(server: str) 
     assert set(routes) == {LEAKY, CLEAN}  # templates, never raw paths
     assert routes[LEAKY]["check"]["verdict"] == "leak"
     assert routes[CLEAN]["check"]["verdict"] == "no_leak"
-    assert routes[LEAKY]["measured"] == 60
+    # Requests that overlapped the diagnosis window's heap scan are not attributed (unsampled).
+    assert routes[LEAKY]["measured"] + routes[LEAKY]["unsampled"] == 60
+    assert routes[LEAKY]["measured"] >= 40
     assert routes[LEAKY]["overlapped"] == 0
     assert status["overall"]["verdict"] == "leak"
     # Suspects of the leaking route only: either still the growing tensor groups (the 16x8
@@ -120,15 +122,14 @@ def test_status_names_the_root_variable_and_cause_of_the_leaking_route(server: s
     # The leak verdict opened a diagnosis window on the route (its next requests); a background
     # thread then explained the growth. The example's endpoints are sync (FastAPI runs them in a
     # threadpool the site tracker cannot follow): root, cause and fix, but no allocation line.
+    # (Run alone, ``diagnosed`` first drives the route to its leak verdict.)
     with httpx.Client(base_url=server, timeout=10) as client:
-        for i in range(60):
-            assert client.get(LEAKY).status_code == 200
-            assert client.get(f"/predict/clean/{i}").status_code == 200
         routes = diagnosed(client, LEAKY, LEAKY)
     top = routes[LEAKY]["check"]["suspects"][0]
     assert top["held_by"].startswith("history (global list in module examples.fastapi_app) -> ")
     assert top["cause"] == "autograd_graph"
-    assert "`history`" in top["fix"] and "detach()" in top["fix"]
+    assert "`history`" in top["fix"]
+    assert "detach()" in top["fix"]
     assert top["allocated_at"] is None
     assert routes[LEAKY]["diagnosis"]["tracked_requests"] == 0
     assert routes[CLEAN]["check"]["suspects"] == []
@@ -175,7 +176,7 @@ def test_async_endpoint_gets_its_allocation_line() -> None:
                     break
                 except httpx.TransportError:
                     time.sleep(0.05)
-            for _ in range(40):
+            for _ in range(30):
                 assert client.get("/leaky").status_code == 200
                 assert client.get("/clean").status_code == 200
             routes = diagnosed(client, "/leaky", "/leaky")
@@ -183,7 +184,9 @@ def test_async_endpoint_gets_its_allocation_line() -> None:
         server.should_exit = True
         thread.join(timeout=10)
         async_history.clear()
-    assert routes["/leaky"]["check"]["suspects"], routes
+    assert routes["/leaky"]["check"]["suspects"], {
+        k: v for k, v in routes["/leaky"].items() if k != "check"} | {
+        k: v for k, v in routes["/leaky"]["check"].items() if k != "growth"}
     top = routes["/leaky"]["check"]["suspects"][0]
     line = next(n for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)
                 if text.endswith("# ASYNC-ALLOCATION"))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from examples import flask_app
 from examples.flask_app import create_app
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +25,7 @@ LEAKY, CLEAN = "/predict/leaky", "/predict/clean/<int:item_id>"
 def served() -> Iterator[tuple[Flask, str]]:
     # In-process the census is slower, so the leak rate per second is lower: a generous window.
     app = create_app(device="cpu", overhead_budget=None, unhealthy_limit="64MiB",
-                     unhealthy_within="1000h")
+                     unhealthy_within="1000h", diagnose_requests=5)
     server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -33,7 +37,7 @@ def served() -> Iterator[tuple[Flask, str]]:
         thread.join(timeout=10)
 
 
-def test_flask_status_names_only_the_leaking_route(served: tuple[Flask, str]) -> None:
+def test_flask_status_names_only_the_leaking_route_and_its_root(served: tuple[Flask, str]) -> None:
     app, base = served
     with httpx.Client(base_url=base, timeout=10) as client:
         assert client.get("/vramguard/healthz").status_code == 200
@@ -47,7 +51,8 @@ def test_flask_status_names_only_the_leaking_route(served: tuple[Flask, str]) ->
     assert set(routes) == {LEAKY, CLEAN}
     assert routes[LEAKY]["check"]["verdict"] == "leak"
     assert routes[CLEAN]["check"]["verdict"] == "no_leak"
-    assert routes[LEAKY]["measured"] == 50
+    # Requests that overlapped the diagnosis window's heap scan are not attributed (unsampled).
+    assert routes[LEAKY]["measured"] + routes[LEAKY]["unsampled"] == 50
     grown = {tuple(s["tensors"]["shape"]) for s in routes[LEAKY]["check"]["suspects"]}
     assert (16, 8) in grown
     assert health.status_code == 503, health.text
@@ -55,6 +60,37 @@ def test_flask_status_names_only_the_leaking_route(served: tuple[Flask, str]) ->
     leak = {s.labels["route"]: s.value for s in families["vramguard_route_leak"].samples}
     assert leak == {LEAKY: 1.0, CLEAN: 0.0}
     assert VramGuard.web(app).route_verdict(LEAKY).is_leak
+
+    # The leak verdict opened a diagnosis window: the route's next requests run under the site
+    # tracker (entered in Flask's request hooks, the view's thread), then a background thread
+    # explains the growth. The status then names the line, the root variable, cause and fix.
+    web = VramGuard.web(app)
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for i in range(100):  # bounded: the rest of the 5-request window, then the analysis
+            if web.diagnosis(LEAKY) is not None:
+                break
+            assert client.get(LEAKY.replace("<int:item_id>", "")).status_code == 200
+            assert client.get(f"/predict/clean/{i}").status_code == 200
+        status = client.get("/vramguard/status").json()
+    assert web.diagnosis(LEAKY) is not None, "no diagnosis within 100 more requests"
+    routes = {r["route"]: r for r in status["routes"]}
+    top = routes[LEAKY]["check"]["suspects"][0]
+    source = Path(flask_app.__file__).read_text().splitlines()
+    view = source.index("    def leaky() -> dict[str, float]:")
+    line = next(n for n, text in enumerate(source[view:], view + 1) if "model(" in text)
+    assert top["allocated_at"] == {"file": flask_app.__file__, "line": line, "function": "leaky"}
+    assert top["held_by"].startswith("history (global list in module examples.flask_app) -> ")
+    assert top["cause"] == "global_reference"
+    assert "`history`" in top["fix"]
+    assert "leaky()" in top["fix"]
+    assert routes[LEAKY]["diagnosis"]["tracked_requests"] >= 1
+    assert routes[CLEAN]["check"]["suspects"] == []
+    assert routes[CLEAN]["diagnosis"] is None
+    # The diagnosis keeps no leaked tensor alive: once the app lets go, they are freed.
+    leaked = weakref.ref(flask_app.history[-1])
+    flask_app.history.clear()
+    gc.collect()
+    assert leaked() is None
 
 
 def test_two_apps_in_one_process_have_their_own_guards() -> None:

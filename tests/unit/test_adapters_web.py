@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 from vramguard.adapters.health import decide_health
 from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import OTHER, RouteBook
+from vramguard.adapters.window import Windows, WindowState
+from vramguard.analysis.suspects import Suspect
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import VerdictKind, decide
 from vramguard.errors import UsageError
 from vramguard.pytest_plugin import Settings, resolve
+from vramguard.readers.census import TensorGroup
 from vramguard.units import Percent
 
 
@@ -81,3 +89,85 @@ def test_plugin_settings_marker_then_command_line_then_ini_then_default() -> Non
     assert resolve({"iterations": 30}, {"iterations": "70"}, {}) == Settings(30, 10, "auto")
     with pytest.raises(UsageError):
         resolve({"iterations": 5, "warmup": 5}, {}, {})
+
+
+class _FakeTracker:
+    """Stands in for the SiteTracker: counts how often it was entered."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        self.entered += 1
+        yield
+
+
+def _windows(explainer: Any, now: list[float]) -> tuple[Windows, _FakeTracker]:
+    tracker = _FakeTracker()
+    windows = Windows(3, 600.0, lambda: now[0], explainer=explainer,
+                      tracker_factory=lambda: tracker)
+    return windows, tracker
+
+
+def _wait_open(windows: Windows) -> None:
+    for _ in range(500):  # bounded: the window's thread takes one heap listing first
+        if windows.state("/leak") is WindowState.OPEN:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the window did not open")
+
+
+GROUP = TensorGroup("cpu", "float32", (16, 8), False, None)
+
+
+def test_diagnosis_window_tracks_its_route_then_explains_once() -> None:
+    calls: list[tuple[Any, Any]] = []
+
+    def explainer(grown: Any, tracker: Any, *, born: Any) -> tuple[Suspect, ...]:
+        calls.append((list(grown), born))
+        return (Suspect(None, retained_bytes=1, held_by="results -> [0]", cause="global_reference"),)
+
+    now = [0.0]
+    windows, tracker = _windows(explainer, now)
+    assert windows.due("/leak")
+    assert windows.start("/leak", [(GROUP, 3, 1536)])
+    assert not windows.start("/other", [(GROUP, 1, 512)])  # one window at a time
+    _wait_open(windows)
+    with windows.track("/other"):  # another route: not tracked, not counted
+        windows.ended("/other")
+    first = windows.track("/leak")
+    with first, windows.track("/leak"):  # the second, concurrent one is not tracked
+        windows.ended("/leak")
+    for _ in range(2):
+        with windows.track("/leak"):
+            windows.ended("/leak")
+    windows.join(timeout=10)
+    result = windows.result("/leak")
+    assert result is not None
+    assert (result.requests, result.tracked, tracker.entered) == (3, 3, 3)
+    assert result.suspects[0].held_by == "results -> [0]"
+    assert calls == [([(GROUP, 3, 1536)], None)]  # tracked requests: no fallback needed
+    assert not windows.open
+    assert not windows.due("/leak")  # re-opened at most every 600 s
+    now[0] = 601.0
+    assert windows.due("/leak")
+
+
+def test_diagnosis_window_failure_is_logged_once_and_never_raises(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def explainer(grown: Any, tracker: Any, *, born: Any) -> tuple[Suspect, ...]:
+        assert born is not None  # nothing was tracked: the storages born in the window
+        raise RuntimeError("boom")
+
+    windows, _ = _windows(explainer, [0.0])
+    assert windows.start("/leak", [(GROUP, 3, 1536)])
+    _wait_open(windows)
+    for _ in range(3):
+        windows.ended("/leak")  # e.g. sync endpoints in a threadpool: counted, not tracked
+    windows.join(timeout=10)
+    assert windows.result("/leak") is None
+    assert not windows.due("/leak")  # diagnosis is off from now on
+    assert [r.message for r in caplog.records].count(
+        "vramguard: the diagnosis window failed while explaining the window; diagnosis is off, "
+        "requests go on") == 1

@@ -324,7 +324,7 @@ def _leak_verdict() -> Verdict:
 def test_growth_a_collection_gives_back_was_garbage() -> None:
     verdict = _leak_verdict()
     assert verdict.start_bytes is not None
-    judged = after_collection(verdict, verdict.start_bytes + 10)
+    judged = after_collection(verdict, verdict.start_bytes, verdict.start_bytes + 10)
     assert judged.kind is VerdictKind.NO_LEAK
     assert judged.detected_after is None
     assert any("reference cycles" in w for w in judged.warnings)
@@ -332,6 +332,9 @@ def test_growth_a_collection_gives_back_was_garbage() -> None:
 
 def test_growth_that_survives_a_collection_stays_a_leak() -> None:
     verdict = _leak_verdict()
+    assert verdict.start_bytes is not None
     assert verdict.end_bytes is not None
-    assert after_collection(verdict, verdict.end_bytes) is verdict
-    assert after_collection(verdict, None) is verdict
+    assert after_collection(verdict, verdict.start_bytes, verdict.end_bytes) is verdict
+    # garbage from before the run collected at the end does not hide this run's growth
+    assert after_collection(verdict, 0, verdict.end_bytes - verdict.start_bytes) is verdict
+    assert after_collection(verdict, None, verdict.end_bytes) is verdict

@@ -51,6 +51,7 @@ class Ticket:
     seq: int
     alone: bool
     before: Reading | None
+    scan_epoch: int = 0  # the diagnosis window's scan epoch when the request began
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,10 @@ class WebGuard:
         windows: Windows | None = None,
     ) -> None:
         self._generation = 0  # +1 whenever a request begins or ends: see _SharedSampler
-        self._sampler = _SharedSampler(resolve_device(device), lambda: self._generation)
+        # The diagnosis window's scans (another thread) change what is alive, so they too make
+        # a cached census stale: both counters only grow, so their sum changes with either.
+        self._sampler = _SharedSampler(resolve_device(device),
+                                       lambda: self._generation + self._windows.scan_epoch)
         self.guard = Guard(device, overhead_budget=overhead_budget, warmup=warmup,
                            census_every=census_every, clock=clock, sampler=self._sampler)
         self.options = options or WebOptions()
@@ -149,7 +153,8 @@ class WebGuard:
                     self._since_pair = 0
                     self._pairs += 1
                 with_census = self.guard.device.is_cpu or self._pairs % _CUDA_CENSUS_EVERY == 1
-                ticket = Ticket(self.guard.step(), self._seq, alone, None)
+                ticket = Ticket(self.guard.step(), self._seq, alone, None,
+                                self._windows.scan_epoch)
             # The reads stay outside the Guard's step, so they do not inflate its step time.
             if due:
                 ticket.before = self._read(with_census)
@@ -177,11 +182,15 @@ class WebGuard:
             with self._lock:
                 self._in_flight -= 1
                 alone = ticket.alone and self._seq == ticket.seq
+                # A diagnosis scan holds references to every live tensor while it runs: the
+                # request's reading would include them, so it is not attributed (unsampled).
+                epoch = self._windows.scan_epoch
+                scanned = epoch % 2 == 1 or epoch != ticket.scan_epoch
                 quiet = self._in_flight == 0
                 self._request_time = _ewma(self._request_time,
                                            self._clock() - ticket.step._started)
                 retained = None
-                if (alone and before is not None and after is not None
+                if (alone and not scanned and before is not None and after is not None
                         and before.allocated is not None and after.allocated is not None):
                     retained = after.allocated - before.allocated
                 else:

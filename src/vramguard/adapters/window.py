@@ -167,8 +167,18 @@ class Windows:
         self._thread: threading.Thread | None = None
         self._disabled = requests <= 0
         self._logged: set[str] = set()
+        # Odd while the window's thread scans the heap: the scan holds references to every live
+        # tensor (an in-flight request's temporaries too), so a request that overlapped a scan
+        # is not attributed to its route (see ``scan_epoch``).
+        self._epoch = 0
 
     # -- hot path ----------------------------------------------------------------------------------
+    @property
+    def scan_epoch(self) -> int:
+        """Odd while a scan runs; +1 at each scan's start and end (hot path: one read). A request
+        whose epoch at its start differs from its end, or is odd, overlapped a scan."""
+        return self._epoch
+
     @property
     def open(self) -> bool:
         """True while a window is open or starting (hot path: one attribute read)."""
@@ -237,7 +247,11 @@ class Windows:
         born_keys: frozenset[tuple[int, int]] = frozenset()
         try:
             began = time.perf_counter()
-            born_keys = _live_storage_keys()
+            self._epoch += 1
+            try:
+                born_keys = _live_storage_keys()
+            finally:
+                self._epoch += 1
             with self._lock:
                 window.state = WindowState.OPEN
             window.done.wait(timeout=max(0.0, self._max_window_s - (time.perf_counter() - began)))
@@ -252,8 +266,12 @@ class Windows:
 
             # Tracked requests give exemplars with their allocation line: use only those when
             # there are any; the storages born in the window are the fallback (sync endpoints).
-            suspects = self._explainer(window.grown, window.tracker,
-                                       born=None if window.tracked else born)
+            self._epoch += 1
+            try:
+                suspects = self._explainer(window.grown, window.tracker,
+                                           born=None if window.tracked else born)
+            finally:
+                self._epoch += 1
             result = RouteDiagnosis(window.route, tuple(suspects), window.requests, window.tracked,
                                     time.perf_counter() - started, self._clock())
             with self._lock:

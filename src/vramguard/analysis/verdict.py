@@ -346,32 +346,36 @@ def decide(
                    warnings=warnings, growth=growth, values=my, detected=detected)
 
 
-def after_collection(verdict: Verdict, live_bytes: int | None) -> Verdict:
-    """Re-judge a leak verdict with the live bytes measured right after a full ``gc.collect()``.
+def after_collection(verdict: Verdict, live_at_warmup: int | None,
+                     live_at_end: int | None) -> Verdict:
+    """Re-judge a leak verdict with the live bytes measured right after full ``gc.collect()``s at
+    the end of the warm-up and at the end of the run.
 
     Tensors in unreachable reference cycles count as live until the collector's oldest generation
     runs, which in a large process can take thousands of requests: the series then grows like a
-    leak. If a collection gives back more than half of the growth, that growth was garbage
-    waiting for the collector: no leak, with a warning (the cycles still cost memory between
-    collections). Pure; anything but a leak verdict is returned unchanged.
+    leak. If what the run retained across collections is less than half of the growth the series
+    showed, that growth was garbage waiting for the collector: no leak, with a warning (the
+    cycles still cost memory between collections). Pure; anything but a leak verdict is returned
+    unchanged.
     """
-    if verdict.kind is not VerdictKind.LEAK or live_bytes is None:
+    if verdict.kind is not VerdictKind.LEAK or live_at_warmup is None or live_at_end is None:
         return verdict
     if verdict.start_bytes is None or verdict.end_bytes is None:
         return verdict
     grown = verdict.end_bytes - verdict.start_bytes
-    if grown <= 0 or live_bytes - verdict.start_bytes > grown / 2:
+    retained = live_at_end - live_at_warmup
+    if grown <= 0 or retained > grown / 2:
         return verdict
     warning = (
-        f"memory grew by {format_bytes(grown, signed=True)} but a garbage collection gave "
-        f"back all but {format_bytes(max(0, live_bytes - verdict.start_bytes))}: reference "
-        "cycles hold tensors until the collector runs (break the cycles, or gc.collect())"
+        f"memory grew by {format_bytes(grown, signed=True)} but garbage collections gave back all "
+        f"but {format_bytes(max(0, retained))}: reference cycles hold tensors until the collector "
+        "runs (break the cycles, or call gc.collect())"
     )
     return replace(
         verdict,
         kind=VerdictKind.NO_LEAK,
         detected_after=None,
         warnings=(*verdict.warnings, warning),
-        reason=f"the growth was garbage: {format_bytes(live_bytes)} live after gc.collect(), "
-        f"against {format_bytes(verdict.end_bytes)} before it",
+        reason=f"the growth was garbage: across full collections the run retained "
+        f"{format_bytes(retained, signed=True)} of {format_bytes(grown, signed=True)}",
     )
