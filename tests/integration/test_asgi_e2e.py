@@ -155,8 +155,9 @@ def async_app() -> FastAPI:
         with torch.no_grad():
             return {"score": float(model(torch.randn(8, 32)).mean())}
 
-    app.add_middleware(VramGuardMiddleware, device="cpu", overhead_budget=None,
-                       expose_status=True, diagnose_requests=5)
+    options: dict[str, Any] = {"device": "cpu", "overhead_budget": None, "expose_status": True,
+                               "diagnose_requests": 5}
+    app.add_middleware(VramGuardMiddleware, **options)
     return app
 
 

@@ -81,3 +81,13 @@ def test_subclass_instances_created_later_are_found(taker):
     assert groups[(1000,)].count >= 1
     assert any(t is rare for t in taker.live_tensors())
     del rare
+
+
+def test_storage_bytes_go_to_the_tensor_that_owns_them(taker):
+    weight = torch.zeros(128, 10)
+    transposed = [weight.t() for _ in range(5)]  # views, listed before the weight below
+    census = taker.take([*transposed, weight])
+    by_shape = {g.shape: s for g, s in census.groups.items()}
+    assert by_shape[(128, 10)].bytes == 128 * 10 * 4
+    assert by_shape[(10, 128)].bytes == 0
+    assert by_shape[(10, 128)].count == 5

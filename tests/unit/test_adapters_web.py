@@ -13,8 +13,8 @@ from vramguard.adapters.health import decide_health
 from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import OTHER, RouteBook
 from vramguard.adapters.window import Windows, WindowState
-from vramguard.analysis.suspects import Suspect
 from vramguard.analysis.samples import Sample
+from vramguard.analysis.suspects import Suspect
 from vramguard.analysis.verdict import VerdictKind, decide
 from vramguard.errors import UsageError
 from vramguard.pytest_plugin import Settings, resolve
@@ -156,8 +156,10 @@ def test_diagnosis_window_tracks_its_route_then_explains_once() -> None:
 
 def test_diagnosis_window_failure_is_logged_once_and_never_raises(
         caplog: pytest.LogCaptureFixture) -> None:
+    borns: list[Any] = []
+
     def explainer(grown: Any, tracker: Any, *, born: Any) -> tuple[Suspect, ...]:
-        assert born is not None  # nothing was tracked: the storages born in the window
+        borns.append(born)
         raise RuntimeError("boom")
 
     windows, _ = _windows(explainer, [0.0])
@@ -167,6 +169,8 @@ def test_diagnosis_window_failure_is_logged_once_and_never_raises(
         windows.ended("/leak")  # e.g. sync endpoints in a threadpool: counted, not tracked
     windows.join(timeout=10)
     assert windows.result("/leak") is None
+    assert len(borns) == 1
+    assert callable(borns[0])  # nothing was tracked: the storages born in the window instead
     assert not windows.due("/leak")  # diagnosis is off from now on
     assert [r.message for r in caplog.records].count(
         "vramguard: the diagnosis window failed while explaining the window; diagnosis is off, "

@@ -245,8 +245,12 @@ class CensusTaker:
                        map(_REQUIRES_GRAD, tensors), map(type, map(_GRAD_FN, tensors)), strict=True))
         for group, count in Counter(raw).items():
             raw_groups[(*group, False)] = [count, 0]
-        # first tensor of each storage: the group its bytes are attributed to
-        first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+        # The tensor whose group a storage's bytes are attributed to: the first one that is not a
+        # view (a weight, not the `weight.t()` an autograd graph saved), else the first view.
+        views = list(map(tensor_type._is_view, tensors))
+        order = sorted(range(len(keys)), key=views.__getitem__)  # non-views first, stable
+        order.reverse()  # in a dict built in this order the earliest of `order` is written last
+        first = dict(zip(map(keys.__getitem__, order), order, strict=True))
         for key, index in first.items():
             if key in storages:
                 continue
