@@ -76,6 +76,7 @@ class VramGuardMiddleware:
     def __init__(
         self,
         app: ASGIApp,
+        /,  # positional-only, as Starlette's middleware factory protocol types it (mypy)
         *,
         device: str = "auto",
         overhead_budget: float | None = 0.01,
