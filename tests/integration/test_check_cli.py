@@ -156,3 +156,24 @@ def test_help_works_without_torch(tmp_path):
                          capture_output=True, text=True, timeout=60, env=env, check=False)
     assert run.returncode == 3
     assert "needs PyTorch" in run.stderr
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_diagnose_modes(app, mode):
+    source = """
+        import torch
+        results = []
+        def handle(i):
+            results.append(torch.randn(8, 10) * 2)   # LEAK
+    """
+    path = app(source)
+    result = vramguard("check", f"{path}:handle", "--requests", "120", "--json", "--diagnose", mode)
+    assert result.returncode == 1, result.stderr
+    top = json.loads(result.stdout)["suspects"][0]
+    assert top["tensors"]["shape"] == [8, 10]
+    if mode == "never":
+        assert (top["allocated_at"], top["held_by"], top["cause"]) == (None, None, None)
+    else:  # sites tracked over the whole check: explained without an extra window
+        assert top["allocated_at"] == {"file": path, "line": 5, "function": "handle"}
+        assert top["held_by"].startswith("results (global list")
+        assert top["cause"] == "global_reference"

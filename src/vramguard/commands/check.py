@@ -39,8 +39,12 @@ def _warmup(value: str) -> int | None:
 @click.option("--quiet", is_flag=True, help="No report; the exit code says it all.")
 @click.option("--report", "report", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write a self-contained HTML report (chart and suspects) to this file.")
+@click.option("--diagnose", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True,
+              help="auto: a 30-request diagnosis window after a leak verdict; always: track "
+                   "allocation sites over the whole check (slower, no extra window); never: none.")
 def check(target: str, requests: int, warmup: str, device: str, as_json: bool, quiet: bool,
-          report: str | None) -> int:
+          report: str | None, diagnose: str) -> int:
     """Call TARGET (file.py:func or package.module:func) once per request and judge its memory.
 
     \b
@@ -58,7 +62,9 @@ def check(target: str, requests: int, warmup: str, device: str, as_json: bool, q
         function = load_target(target)
         with progress_bar(requests, enabled=not quiet and not as_json) as progress:
             result = run_check(target, function, requests=requests, warmup=warmup_value,
-                               device=device, progress=progress)
+                               device=device, progress=progress,
+                               diagnosis_requests=0 if diagnose == "never" else 30,
+                               track_sites=diagnose == "always")
     except TargetFailed as error:
         report_target_failure(error)
         raise
