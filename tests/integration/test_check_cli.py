@@ -14,9 +14,12 @@ pytest.importorskip("torch")
 
 LEAKY = """
     import torch
+    print("loading the model")                 # targets print: --json keeps stdout clean
     kept = []
     def handle(i):
         kept.append(torch.randn(8, 10, requires_grad=True) * 2)   # keeps the graph too
+        if i % 50 == 0:
+            print("served", i)
 """
 CLEAN = """
     import torch
@@ -43,7 +46,8 @@ def app(tmp_path: Path):
 def test_leak_exits_1_with_the_json_document(app):
     result = vramguard("check", f"{app(LEAKY)}:handle", "--requests", "150", "--json")
     assert result.returncode == 1, result.stderr
-    document = json.loads(result.stdout)
+    document = json.loads(result.stdout)  # exactly one document, whatever the target printed
+    assert "served 0" in result.stderr
     assert document["schema"] == "vramguard.check/1"
     assert document["verdict"] == "leak"
     assert document["requests"] == 150

@@ -6,6 +6,9 @@ Exit codes: 0 no leak (cache growth and fragmentation are warnings), 1 leak, 2 u
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import click
 
 from vramguard.commands._output import (
@@ -59,8 +62,12 @@ def check(target: str, requests: int, warmup: str, device: str, as_json: bool, q
     check_report_path(report)
     parse_device(device)
     try:
-        function = load_target(target)
-        with progress_bar(requests, enabled=not quiet and not as_json) as progress:
+        # With --json, stdout carries exactly one document: whatever the target prints goes to
+        # stderr instead.
+        quiet_stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+        with quiet_stdout:
+            function = load_target(target)
+        with quiet_stdout, progress_bar(requests, enabled=not quiet and not as_json) as progress:
             result = run_check(target, function, requests=requests, warmup=warmup_value,
                                device=device, progress=progress,
                                diagnosis_requests=0 if diagnose == "never" else 30,
