@@ -191,10 +191,10 @@ class Guard:
                     self._keep_census(census, request)
                     self._used_at_census = sample.device_used
                     self._next_census = request + 1 + (
-                        self._census_every or self._period(self._census_cost, share=0.4))
+                        self._census_every or self._period(self._census_cost, share=0.35))
                 elif self._climbing(sample.device_used) and self._census_every is None:
                     self._next_census = request + 1  # a cheap signal climbs: look closer now
-                self._next_read = request + 1 + self._period(self._read_cost, share=0.4)
+                self._next_read = request + 1 + self._period(self._read_cost, share=0.35)
         except Exception:  # the guard must never break the service it watches
             self._failed = True
             _log.warning("vramguard: reading memory failed; the guard stops sampling", exc_info=True)
@@ -216,6 +216,8 @@ class Guard:
         return True
 
     def _period(self, cost: float, *, share: float) -> int:
+        # The budget is split: 35% for the cheap reads, 35% for the census, and the rest is
+        # headroom for the fixed cost of a step (~1-2 us) and for cost estimates that lag.
         if self._budget is None:
             return 1
         allowed = self._budget * share * max(self._step_time, 1e-7)
