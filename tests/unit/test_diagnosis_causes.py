@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vramguard.diagnosis.causes import Cause, Evidence, RootKind, classify, write_fix
-from vramguard.diagnosis.paths import ReferencePath, Root, Step
+from vramguard.diagnosis.refpath import ReferencePath, Root, Step
 
 
 def test_graph_outputs_fix_names_function_file_and_variable() -> None:
