@@ -47,3 +47,40 @@ def test_cached_blocks_are_not_a_leak():
             scratch = torch.empty((step % 7 + 1) << 18, device="cuda")
             del scratch
     assert guard.verdict().kind is not VerdictKind.LEAK
+
+
+def test_allocator_history_is_joined_to_user_sites():
+    from vramguard.diagnosis.sites import SiteTracker
+
+    tracker = SiteTracker()
+    with tracker.active():
+        kept = torch.empty(1 << 20, device="cuda")  # the line the history must name
+    line = test_allocator_history_is_joined_to_user_sites.__code__.co_firstlineno + 5
+    assert tracker._cuda_records, "the allocator history gave no user frames"
+    site, stack = tracker.site_of(kept)
+    assert site.line == line
+    assert site.function == "test_allocator_history_is_joined_to_user_sites"
+    assert stack[0] == site
+
+
+cuda_results = []
+
+
+def _cuda_leaky_handler(index):
+    cuda_results.append(torch.randn(32, 32, device="cuda") * 2)  # LEAK
+
+
+def test_check_diagnoses_a_cuda_leak():
+    from vramguard.runner import run_check
+
+    cuda_results.clear()
+    result = run_check("cuda", _cuda_leaky_handler, requests=120, device="cuda")
+    assert result.verdict.is_leak
+    top = result.suspects[0]
+    assert top.tensors is not None
+    assert top.tensors.device.startswith("cuda")
+    assert top.held_by is not None
+    assert top.held_by.startswith("cuda_results (global list")
+    assert top.allocated_at is not None
+    assert top.allocated_at.function == "_cuda_leaky_handler"
+    cuda_results.clear()
