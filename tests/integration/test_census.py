@@ -91,3 +91,17 @@ def test_storage_bytes_go_to_the_tensor_that_owns_them(taker):
     assert by_shape[(128, 10)].bytes == 128 * 10 * 4
     assert by_shape[(10, 128)].bytes == 0
     assert by_shape[(10, 128)].count == 5
+
+
+def test_bytes_go_to_the_graph_output_not_to_a_grad_less_alias(taker):
+    # Unpacking saved tensors during a diagnosis can leave grad-less Python tensors on the
+    # storage of an output the user holds; the bytes stay with the output.
+    weight = torch.randn(8, 16, requires_grad=True)
+    output = (torch.randn(4, 8) @ weight).relu()
+    alias = torch.empty(0).set_(output.detach().untyped_storage(), 0, output.shape)
+    assert not alias._is_view()
+    assert alias.untyped_storage().data_ptr() == output.untyped_storage().data_ptr()
+    census = taker.take([alias, output], follow_graphs=False)  # the alias comes first
+    by_grad_fn = {g.grad_fn: s for g, s in census.groups.items()}
+    assert by_grad_fn["ReluBackward0"].bytes == 4 * 16 * 4
+    assert by_grad_fn[None].bytes == 0

@@ -245,10 +245,13 @@ class CensusTaker:
                        map(_REQUIRES_GRAD, tensors), map(type, map(_GRAD_FN, tensors)), strict=True))
         for group, count in Counter(raw).items():
             raw_groups[(*group, False)] = [count, 0]
-        # The tensor whose group a storage's bytes are attributed to: the first one that is not a
-        # view (a weight, not the `weight.t()` an autograd graph saved), else the first view.
-        views = list(map(tensor_type._is_view, tensors))
-        order = sorted(range(len(keys)), key=views.__getitem__)  # non-views first, stable
+        # The tensor whose group a storage's bytes are attributed to: preferably not a view (the
+        # weight, not the `weight.t()` a graph saved) and with a grad_fn (the output a graph made,
+        # not the grad-less copy that unpacking the graph's saved tensor leaves behind); the
+        # first such in gc order.
+        no_grad_fn = map(operator.is_, (group[4] for group in raw), itertools.repeat(type(None)))
+        preference = list(zip(map(tensor_type._is_view, tensors), no_grad_fn, strict=True))
+        order = sorted(range(len(keys)), key=preference.__getitem__)  # preferred first, stable
         order.reverse()  # in a dict built in this order the earliest of `order` is written last
         first = dict(zip(map(keys.__getitem__, order), order, strict=True))
         for key, index in first.items():
