@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from _workload import matmul_repetitions  # bench/ is on sys.path when run as a script
 
 from vramguard.guard import Guard
 from vramguard.readers.allocator import AllocatorReader
@@ -22,14 +23,7 @@ from vramguard.readers.device import resolve_device
 
 
 def make_request(target_s: float = 0.001):
-    a = torch.randn(64, 64)
-    timings = []
-    for _ in range(7):  # the fastest of several timings: machine noise only ever adds time
-        started = time.perf_counter()
-        for _ in range(200):
-            a @ a
-        timings.append((time.perf_counter() - started) / 200)
-    reps = max(1, round(target_s / min(timings)))
+    a, reps = matmul_repetitions(target_s)
 
     def request() -> None:
         for _ in range(reps):
@@ -38,7 +32,6 @@ def make_request(target_s: float = 0.001):
 
 
 def cpu(requests: int, chunk: int = 500) -> None:
-    torch.set_num_threads(1)  # one core per request: the other core absorbs machine noise
     request = make_request()
     guard = Guard(device="cpu")
     for _ in range(300):  # let the guard learn the step time and take its first census

@@ -15,19 +15,13 @@ import time
 from typing import Any
 
 import torch
+from _workload import matmul_repetitions  # bench/ is on sys.path when run as a script
 
 from vramguard.asgi import VramGuardMiddleware
 
 
 def make_handler(target_s: float = 0.001) -> Any:
-    a = torch.randn(64, 64)
-    timings = []
-    for _ in range(7):  # the fastest of several timings: machine noise only ever adds time
-        started = time.perf_counter()
-        for _ in range(200):
-            a @ a
-        timings.append((time.perf_counter() - started) / 200)
-    reps = max(1, round(target_s / min(timings)))
+    a, reps = matmul_repetitions(target_s)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         for _ in range(reps):

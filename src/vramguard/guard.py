@@ -177,7 +177,7 @@ class Guard:
         began = time.perf_counter()
         try:
             census = None
-            if request + 1 >= self._next_census and self._wants_census():
+            if request + 1 >= self._next_census:
                 # Routine censuses count bytes only; the tensor diff needs grouped ones, which
                 # are taken for its baseline here and for its other end in growing_tensors().
                 census = self._sampler.census(groups=self._needs_baseline(request))
@@ -211,10 +211,6 @@ class Guard:
             return False
         return used - self._used_at_census > max(_CLIMB_BYTES, self._used_at_census // 20)
 
-    def _wants_census(self) -> bool:
-        # On CPU the census *is* the leak signal; on accelerators it only feeds the tensor diff.
-        return True
-
     def _period(self, cost: float, *, share: float) -> int:
         # The budget is split: 35% for the cheap reads, 35% for the census, and the rest is
         # headroom for the fixed cost of a step (~1-2 us) and for cost estimates that lag.
@@ -244,16 +240,6 @@ class Guard:
         if self.device.is_cpu:
             return self._sampler.census(groups=False).total_bytes
         return self._sampler.read(self.requests, self._clock()).allocated
-
-    def sample_now(self) -> Sample:
-        """Read memory now (with a census) outside the step cadence, e.g. before a report."""
-        census = self._sampler.census()
-        with self._lock:
-            request = max(0, self.requests - 1)
-            sample = self._sampler.read(request, self._clock(), census)
-            self._buffer.add(sample)
-            self._keep_census(census, request)
-        return sample
 
     # -- results --------------------------------------------------------------------------------
     @property

@@ -97,17 +97,25 @@ def _release_accelerator(torch: Any, device: Device) -> Released:
         torch.cuda.synchronize(index)
     before = reader.read()
     collected = gc.collect()
-    emptied = True
-    if device.kind == "cuda":
-        with torch.cuda.device(index):
-            torch.cuda.empty_cache()
-    elif hasattr(torch, "accelerator") and hasattr(torch.accelerator, "empty_cache"):
-        torch.accelerator.empty_cache()
-    else:
-        emptied = False  # an old torch without a generic cache release: say so
+    emptied = empty_cache(torch, device)
     after = reader.read()
     return Released(str(device), before.allocated, after.allocated, before.reserved,
                     after.reserved, collected, cache_emptied=emptied)
+
+
+def empty_cache(torch: Any, device: Device) -> bool:
+    """Return ``device``'s cached allocator blocks to the driver; False where this torch has no
+    way to (an old build without ``torch.accelerator.empty_cache``). No-op on the CPU."""
+    if device.is_cpu:
+        return False
+    if device.kind == "cuda":
+        with torch.cuda.device(device.index or 0):
+            torch.cuda.empty_cache()
+        return True
+    if hasattr(torch, "accelerator") and hasattr(torch.accelerator, "empty_cache"):
+        torch.accelerator.empty_cache()
+        return True
+    return False
 
 
 def _release_cpu() -> Released:

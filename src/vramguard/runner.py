@@ -158,8 +158,7 @@ def _children_rss() -> int:
     # Two reads per check (after warm-up, at the end): ~1-2 ms each with psutil.
     from vramguard.readers.process import ProcessReader
 
-    reader = ProcessReader()
-    return reader.tree_rss() - reader.rss()
+    return sum(ProcessReader().children_rss().values())
 
 
 def _diagnose(target: str, function: Callable[[int], Any], start: int, requests: int,

@@ -115,7 +115,10 @@ class WebGuard:
         # a cached census stale: both counters only grow, so their sum changes with either.
         self._sampler = _SharedSampler(resolve_device(device),
                                        lambda: self._generation + self._windows.scan_epoch)
-        self.guard = Guard(device, overhead_budget=overhead_budget, warmup=warmup,
+        # One budget for the whole web guard: half for the Guard's own reads, half for the
+        # before/after pairs that attribute memory to routes (see _pair_period).
+        self.guard = Guard(device, overhead_budget=None if overhead_budget is None
+                           else overhead_budget * 0.5, warmup=warmup,
                            census_every=census_every, clock=clock, sampler=self._sampler)
         self.options = options or WebOptions()
         self._budget = overhead_budget
@@ -285,10 +288,9 @@ class WebGuard:
         gc.collect()
         if not self.guard.device.is_cpu:
             from vramguard._torch import require_torch
-            torch = require_torch()
-            module = getattr(torch, self.guard.device.kind, None)
-            if module is not None and hasattr(module, "empty_cache"):
-                module.empty_cache()
+            from vramguard.release import empty_cache
+
+            empty_cache(require_torch(), self.guard.device)
         cost = time.perf_counter() - started
         after = level()
         with self._lock:

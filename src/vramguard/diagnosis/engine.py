@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import psutil
-
 from vramguard.analysis.suspects import Site, Suspect, TensorGrowth
 from vramguard.diagnosis.causes import Cause, Evidence, classify, write_fix
 from vramguard.diagnosis.paths import Limits, PathFinder, PathResult, Step, graph_holders
 from vramguard.diagnosis.sites import SiteTracker
 from vramguard.readers.census import CensusTaker, TensorGroup, diff_groups
+from vramguard.readers.process import ProcessReader
 
 _log = logging.getLogger("vramguard")
 _EXEMPLARS = 3
@@ -58,16 +57,6 @@ def _describe(tensor: Any) -> str:
     return f"Tensor({', '.join(map(str, tensor.shape))})"
 
 
-def _children_rss(process: psutil.Process) -> dict[int, int]:
-    sizes = {}
-    for child in process.children(recursive=True):
-        try:
-            sizes[child.pid] = int(child.memory_info().rss)
-        except psutil.Error:
-            continue  # exited between listing and reading
-    return sizes
-
-
 def diagnose(
     function: Callable[[int], Any],
     *,
@@ -85,17 +74,17 @@ def diagnose(
     for the same tensor group. Returns at most ``max_suspects``, largest retained bytes first.
     """
     taker = CensusTaker()
-    process = psutil.Process(os.getpid())
+    children = ProcessReader()
     tracker = tracker or SiteTracker()
     gc.collect()
     before = taker.take()
-    children_before = _children_rss(process)
+    children_before = children.children_rss()
     began = time.perf_counter()
     with tracker.active():
         for index in range(requests):
             function(start + index)
     window_s = time.perf_counter() - began
-    children_after = _children_rss(process)
+    children_after = children.children_rss()
     after = taker.take()
     grown = [g for g in diff_groups(before, after) if g[0].device == device and g[2] > 0][:_GROUPS]
     suspects = _explain(grown, tracker, PathFinder(limits), {_key(s.tensors): s for s in known

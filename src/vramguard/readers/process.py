@@ -42,15 +42,19 @@ class ProcessReader:
             self._own = False
             return None
 
-    def tree_rss(self) -> int:
-        """RSS of the process and all its descendants (DataLoader workers, for example)."""
-        total = self.rss()
+    def children_rss(self) -> dict[int, int]:
+        """RSS of each descendant process (DataLoader workers, for example), by pid."""
+        sizes = {}
         for child in self._process.children(recursive=True):
             try:
-                total += int(child.memory_info().rss)
+                sizes[child.pid] = int(child.memory_info().rss)
             except psutil.Error:
                 continue  # the child exited between listing and reading: it holds nothing now
-        return total
+        return sizes
+
+    def tree_rss(self) -> int:
+        """RSS of the process and all its descendants."""
+        return self.rss() + sum(self.children_rss().values())
 
     def __del__(self) -> None:
         if self._statm is not None and self._statm_pid == os.getpid():
