@@ -1,0 +1,155 @@
+"""Autograd graphs as the diagnosis sees them: saved tensors the window made (exemplars for
+tensors only C++ holds) and how many graph nodes live tensors keep (growth without tensor bytes).
+
+Graph nodes are host memory outside tensor storage: ``loss_sum += loss`` after ``backward()``
+frees the saved tensors but keeps every step's nodes chained to ``loss_sum``. The census sees no
+tensor bytes grow; ``count_nodes`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["GraphCount", "count_nodes", "freed", "graph_holders"]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphCount:
+    """Live autograd nodes reachable from live tensors' ``grad_fn`` (and ``.grad``'s).
+
+    ``largest``: the node count of the tensor whose graph is largest; ``backwarded``: some node's
+    saved tensors were freed by a backward pass (the code trains).
+    """
+
+    nodes: int
+    largest: int
+    backwarded: bool
+
+    def __str__(self) -> str:
+        return f"{self.nodes} autograd nodes (largest graph {self.largest})"
+
+
+def _next(node: Any) -> Iterable[Any]:
+    return (n for n, _ in node.next_functions if n is not None)
+
+
+def count_nodes(tensors: Iterable[Any], *, keep: list[Any] | None = None) -> GraphCount:
+    """Count the distinct nodes of the graphs ``tensors`` reach. ``keep``: filled with the tensor
+    whose graph is largest (for the caller's path search; the caller clears it)."""
+    seen: set[int] = set()
+    hold: list[Any] = []  # ids in ``seen`` stay valid while their nodes are alive
+    largest, best, backwarded = 0, None, False
+    try:
+        for tensor in tensors:
+            roots = [tensor.grad_fn]
+            if tensor.is_leaf and tensor.grad is not None:
+                roots.append(tensor.grad.grad_fn)
+            stack = [n for n in roots if n is not None and id(n) not in seen]
+            mine = 0
+            while stack:
+                node = stack.pop()
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                hold.append(node)
+                mine += 1
+                if not backwarded and freed(node):
+                    backwarded = True
+                stack.extend(n for n in _next(node) if id(n) not in seen)
+            if mine > largest:
+                largest, best = mine, tensor
+        if keep is not None and best is not None:
+            keep.append(best)
+        return GraphCount(len(seen), largest, backwarded)
+    finally:
+        hold.clear()
+        del best
+
+
+_FIRST_SAVED: dict[type, str | None] = {}  # node type -> a saved-tensor attribute (dir() is slow)
+
+
+def freed(node: Any) -> bool:
+    """True when a backward pass already freed this node's saved tensors."""
+    kind = type(node)
+    if kind not in _FIRST_SAVED:
+        _FIRST_SAVED[kind] = next((n for n in dir(node) if n.startswith("_saved_") and not n.endswith(
+            ("_sym_sizes", "_sym_strides", "_sym_argsize"))), None)
+    name = _FIRST_SAVED[kind]
+    if name is None:
+        return False
+    try:
+        getattr(node, name)
+    except RuntimeError:
+        return True
+    return False
+
+
+def graph_holders(tensors: Iterable[Any],
+                  accept: Callable[[Any, str], bool]) -> list[tuple[Any, Any, str, int]]:
+    """Tensors only graphs hold, traced to the live tensor whose ``grad_fn`` graph saved them.
+
+    Returns ``(saved tensor, holder, saving node's name, bytes the holder's graph retains)`` for
+    every saved tensor that ``accept(saved, node name)`` wants. Nodes are visited once, so a graph
+    shared by several live tensors is attributed to the first of them.
+    """
+    found: list[tuple[Any, Any, str, int]] = []
+    seen: set[int] = set()
+    keep: list[Any] = []  # nodes stay alive while their ids are in ``seen``
+    tensors = list(tensors)
+    try:
+        # Tensors whose grad_fn no other graph reaches (``total``, not an unpacked saved tensor
+        # inside its graph) claim the graph first.
+        inner: set[int] = set()
+        stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+        while stack:
+            node = stack.pop()
+            for child, _ in node.next_functions:
+                if child is not None and id(child) not in inner:
+                    inner.add(id(child))
+                    keep.append(child)
+                    stack.append(child)
+        tensors.sort(key=lambda t: t.grad_fn is None or id(t.grad_fn) in inner)
+        for tensor in tensors:
+            if tensor.grad_fn is None or id(tensor.grad_fn) in seen:
+                continue
+            retained: dict[int, int] = {}
+            mine: list[tuple[Any, str]] = []
+            stack = [tensor.grad_fn]
+            while stack:
+                node = stack.pop()
+                if node is None or id(node) in seen:
+                    continue
+                seen.add(id(node))
+                keep.append(node)
+                name = type(node).__name__
+                for saved in _saved(node):
+                    storage = saved.untyped_storage()
+                    retained.setdefault(storage.data_ptr(), storage.nbytes())
+                    if accept(saved, name):
+                        mine.append((saved, name))
+                stack.extend(n for n, _ in node.next_functions)
+            total = sum(retained.values())
+            found.extend((saved, tensor, name, total) for saved, name in mine)
+    finally:
+        keep.clear()
+        tensors.clear()
+    return found
+
+
+def _saved(node: Any) -> Iterable[Any]:
+    import torch
+
+    for name in dir(node):
+        if not name.startswith("_saved_"):
+            continue
+        try:
+            value = getattr(node, name)
+        except RuntimeError:
+            continue  # already freed by a backward pass
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, tuple | list):
+            yield from (v for v in value if isinstance(v, torch.Tensor))
