@@ -45,8 +45,8 @@ class Evidence:
     module hook that references the container. ``trained``: a backward pass ran over the graph
     (a training step: never advise inference mode). ``grad_cycle``: the path runs through a
     ``.grad`` whose graph holds the tensor (``backward(create_graph=True)``). ``stored_by``: the
-    user function whose code stores into the root. ``reset``: the dotted name of a holder with a
-    ``reset()`` method (a metric, a meter). ``ipython_cache``: the root is IPython's output
+    user function whose code stores into the root. ``reset``: the call that empties the holder
+    (``auroc.reset()``, ``embed.cache_clear()``). ``ipython_cache``: the root is IPython's output
     cache (``Out``, ``_N``); ``traceback``: the root is ``sys.last_traceback``.
     ``graph_nodes``: autograd nodes that grew over the window (growth without tensor bytes).
     """
@@ -124,8 +124,9 @@ def write_fix(cause: Cause, evidence: Evidence) -> str:
     if evidence.reset is not None and cause in (Cause.CONTAINER_GROWTH, Cause.GLOBAL_REFERENCE,
                                                 Cause.AUTOGRAD_GRAPH):
         detach = (" and `.detach()` what you pass it" if cause is Cause.AUTOGRAD_GRAPH else "")
-        return (f"`{evidence.reset}` keeps the state of every update from {where} until reset: "
-                f"call `{evidence.reset}.reset()` after each epoch/compute{detach}")
+        holder = evidence.reset.rsplit(".", 1)[0]
+        return (f"`{holder}` keeps what every call of {where} gives it until it is emptied: "
+                f"call `{evidence.reset}` after each epoch/compute{detach}")
     if cause is Cause.WORKER_PROCESS_GROWTH:
         grown = format_bytes(evidence.worker_growth_bytes or 0, signed=True)
         loader = f" of {var}" if evidence.variable else ""

@@ -85,15 +85,16 @@ def storing_function(namespaces: Iterable[dict[str, Any]], variable: str | None,
     return found[0][1] if found else None
 
 
-def resettable_holder(chain: Sequence[Any]) -> int | None:
-    """Index in ``chain`` of the object nearest the tensor whose type has ``reset()`` (a metric,
-    a meter) or, for a non-builtin container, ``clear()``."""
+def resettable_holder(chain: Sequence[Any]) -> tuple[int, str] | None:
+    """(index in ``chain``, method) of the object nearest the tensor that empties itself: a
+    metric or meter with ``reset()``, an ``functools.lru_cache`` wrapper with ``cache_clear()``."""
     for index in range(len(chain) - 2, 0, -1):
         obj = chain[index]
         if isinstance(obj, _PLAIN) or hasattr(obj, "untyped_storage") or isinstance(obj, type):
             continue
-        if callable(getattr(type(obj), "reset", None)):
-            return index
+        for method in ("reset", "cache_clear"):
+            if callable(getattr(type(obj), method, None)):
+                return index, method
     return None
 
 

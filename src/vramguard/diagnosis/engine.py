@@ -137,7 +137,8 @@ def graph_suspect(before: GraphCount, requests: int, tracker: SiteTracker | None
         return None
     retainers = Retainers(keep, limits=limits, exclude=[keep])
     try:
-        holder = keep[0]
+        # The largest graph that a named root holds (a tensor inside a graph has no root).
+        holder = next((t for t in keep if retainers.chain(t) is not None), keep[0])
         result = retainers.find(holder, describe(holder))
         path = result.path
         site = None if tracker is None else tracker.site_of(holder)
@@ -289,7 +290,8 @@ def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
         hook = find_hook(chain, lambda module, index: _module_name(retainers, chain, module, index))
         holder_at = resettable_holder(chain)
         if holder_at is not None:
-            reset = name_chain(retainers.snapshot, chain[:holder_at + 1]).dotted
+            reset = f"{name_chain(retainers.snapshot, chain[:holder_at[0] + 1]).dotted}." \
+                    f"{holder_at[1]}()"
     variable = None if path is None else path.variable
     stored_by = None
     if path is not None and variable is not None:

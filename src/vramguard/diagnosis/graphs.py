@@ -35,14 +35,29 @@ def _next(node: Any) -> Iterable[Any]:
     return (n for n, _ in node.next_functions if n is not None)
 
 
-def count_nodes(tensors: Iterable[Any], *, keep: list[Any] | None = None) -> GraphCount:
-    """Count the distinct nodes of the graphs ``tensors`` reach. ``keep``: filled with the tensor
-    whose graph is largest (for the caller's path search; the caller clears it)."""
+def count_nodes(tensors: Iterable[Any], *, keep: list[Any] | None = None,
+                holders: int = 5) -> GraphCount:
+    """Count the distinct nodes of the graphs ``tensors`` reach. ``keep``: filled with up to
+    ``holders`` tensors whose graphs are largest, largest first (for the caller's path search;
+    the caller clears it). Tensors whose ``grad_fn`` no other graph reaches (``loss_sum``, not a
+    tensor inside its history) claim shared nodes first."""
+    tensors = [t for t in tensors if t.grad_fn is not None or (t.is_leaf and t.grad is not None)]
     seen: set[int] = set()
     hold: list[Any] = []  # ids in ``seen`` stay valid while their nodes are alive
-    largest, best, backwarded = 0, None, False
+    sizes: list[tuple[int, int]] = []
+    backwarded = False
     try:
-        for tensor in tensors:
+        inner: set[int] = set()
+        stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+        while stack:
+            node = stack.pop()
+            for child in _next(node):
+                if id(child) not in inner:
+                    inner.add(id(child))
+                    hold.append(child)
+                    stack.append(child)
+        tensors.sort(key=lambda t: t.grad_fn is not None and id(t.grad_fn) in inner)
+        for position, tensor in enumerate(tensors):
             roots = [tensor.grad_fn]
             if tensor.is_leaf and tensor.grad is not None:
                 roots.append(tensor.grad.grad_fn)
@@ -58,32 +73,31 @@ def count_nodes(tensors: Iterable[Any], *, keep: list[Any] | None = None) -> Gra
                 if not backwarded and freed(node):
                     backwarded = True
                 stack.extend(n for n in _next(node) if id(n) not in seen)
-            if mine > largest:
-                largest, best = mine, tensor
-        if keep is not None and best is not None:
-            keep.append(best)
-        return GraphCount(len(seen), largest, backwarded)
+            if mine:
+                sizes.append((mine, position))
+        sizes.sort(key=lambda pair: (-pair[0], pair[1]))
+        if keep is not None:
+            keep.extend(tensors[position] for _, position in sizes[:holders])
+        return GraphCount(len(seen), sizes[0][0] if sizes else 0, backwarded)
     finally:
         hold.clear()
-        del best
+        tensors.clear()
 
 
-_FIRST_SAVED: dict[type, str | None] = {}  # node type -> a saved-tensor attribute (dir() is slow)
+_SAVED_NAMES: dict[type, tuple[str, ...]] = {}  # node type -> saved attributes (dir() is slow)
 
 
 def freed(node: Any) -> bool:
     """True when a backward pass already freed this node's saved tensors."""
     kind = type(node)
-    if kind not in _FIRST_SAVED:
-        _FIRST_SAVED[kind] = next((n for n in dir(node) if n.startswith("_saved_") and not n.endswith(
-            ("_sym_sizes", "_sym_strides", "_sym_argsize"))), None)
-    name = _FIRST_SAVED[kind]
-    if name is None:
-        return False
-    try:
-        getattr(node, name)
-    except RuntimeError:
-        return True
+    names = _SAVED_NAMES.get(kind)
+    if names is None:
+        names = _SAVED_NAMES[kind] = tuple(n for n in dir(node) if n.startswith("_saved_"))
+    for name in names:  # scalars saved beside tensors are never freed: try each
+        try:
+            getattr(node, name)
+        except RuntimeError:
+            return True
     return False
 
 

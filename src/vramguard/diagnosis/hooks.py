@@ -115,6 +115,8 @@ def find_hook(chain: Sequence[Any] | None,
         if not isinstance(obj, torch.nn.Module):
             continue
         after = chain[index + 1] if index + 1 < len(chain) else None
+        if isinstance(after, dict) and index + 2 < len(chain) and after is vars(obj):
+            after = chain[index + 2]  # the module's __dict__ -> the attribute's value
         attribute = _attribute_name(obj, after)
         for hook, kind in _hooks(obj):
             if _stores_into(hook, attribute) or any(id(r) in wanted for r in _hook_references(hook)):
