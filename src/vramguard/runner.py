@@ -103,7 +103,10 @@ def run_check(
 
         suspects = explain(grown, tracker, known=suspects, max_suspects=max_suspects) or suspects
         diagnosis_seconds = time.perf_counter() - began
-    elif diagnosis_requests > 0 and (suspects or workers_grew):
+    elif diagnosis_requests > 0 and (suspects or workers_grew
+                                     or verdict.kind is VerdictKind.NON_TORCH_GROWTH):
+        # non_torch_growth: the diagnosis also explains growth outside tensor storage (autograd
+        # graph nodes kept by `loss_sum += loss`); see vramguard.diagnosis.engine.graph_suspect.
         suspects = _diagnose(target, function, requests, diagnosis_requests, str(guard.device)
                              if not guard.device.is_cpu else "cpu", suspects, max_suspects)
         diagnosis_seconds = time.perf_counter() - began

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from vramguard.analysis.verdict import VerdictKind
 from vramguard.diagnosis import Cause, diagnose
 from vramguard.runner import run_check
 from vramguard.target import load_target
@@ -118,3 +119,4 @@ def test_look_alike_is_not_a_leak(name: str) -> None:
     finally:
         _cleanup(path.stem)
     assert not result.verdict.is_leak, result.verdict
+    assert result.verdict.kind is not VerdictKind.INCONCLUSIVE, result.verdict

@@ -18,7 +18,7 @@ from vramguard.analysis.suspects import Site, Suspect, TensorGrowth
 from vramguard.diagnosis.causes import Cause, Evidence, classify, write_fix
 from vramguard.diagnosis.context import resettable_holder, storing_function, trained
 from vramguard.diagnosis.graphs import GraphCount, count_nodes, graph_holders
-from vramguard.diagnosis.hooks import find_hook
+from vramguard.diagnosis.hooks import find_hook, module_instances
 from vramguard.diagnosis.naming import describe, name_chain
 from vramguard.diagnosis.paths import Limits, PathFinder, Retainers, Step
 from vramguard.diagnosis.sites import SiteTracker
@@ -88,7 +88,6 @@ def diagnose(
             function(start + index)
     window_s = time.perf_counter() - began
     children_after = children.children_rss()
-    gc.collect()
     after = taker.take()
     grown = [g for g in diff_groups(before, after) if g[0].device == device and g[2] > 0][:_GROUPS]
     suspects = _explain(grown, tracker, limits, {_key(s.tensors): s for s in known
@@ -107,10 +106,11 @@ def diagnose(
     return Diagnosis(tuple(ranked), requests, window_s, time.perf_counter() - began - window_s)
 
 
-def _graph_count(taker: CensusTaker, keep: list[Any] | None = None) -> GraphCount:
+def _graph_count(taker: CensusTaker, keep: list[Any] | None = None,
+                 before: GraphCount | None = None) -> GraphCount:
     live = taker.live_tensors()
     try:
-        return count_nodes(live, keep=keep)
+        return count_nodes(live, keep=keep, before=before)
     finally:
         live.clear()
 
@@ -130,14 +130,15 @@ def graph_suspect(before: GraphCount, requests: int, tracker: SiteTracker | None
     on CPU, where the native heap grows)."""
     gc.collect()
     keep: list[Any] = []
-    after = _graph_count(CensusTaker(), keep)
+    after = _graph_count(CensusTaker(), keep, before)
     grown = after.nodes - before.nodes
     if grown < max(1, requests) or not keep:
         keep.clear()
         return None
     retainers = Retainers(keep, limits=limits, exclude=[keep])
     try:
-        # The largest graph that a named root holds (a tensor inside a graph has no root).
+        # The graph that gained most nodes and that a named root holds (a tensor inside a graph
+        # has no root of its own).
         holder = next((t for t in keep if retainers.chain(t) is not None), keep[0])
         result = retainers.find(holder, describe(holder))
         path = result.path
@@ -208,6 +209,7 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
     holders = sorted(live, key=sys.getrefcount, reverse=True)
     retainers: Retainers | None = None
     targets: list[Any] = []
+    modules: list[Any] = []
     try:
         for tensor in reversed(live):  # newest last in gc order: the window's tensors first
             group = _group_key(tensor)
@@ -236,13 +238,14 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
         # One snapshot for every exemplar: the walk stops once all of them are reached.
         targets.extend(t for values in exemplars.values() for t, _, _, _ in values)
         retainers = Retainers(targets, limits=limits, exclude=[exemplars, *exemplars.values(),
-                                                              targets, live, holders])
+                                                              targets, live, holders, modules])
+        modules.extend(module_instances())  # one heap pass for every group's hook check
         merged: dict[tuple[Cause, str], Suspect] = {}
         for group, count, size in grown:
             base = known.get(group) or Suspect(TensorGrowth(
                 group.device, group.dtype, group.shape, group.requires_grad, group.grad_fn,
                 count, size, group.in_graph))
-            suspect = _diagnose_group(base, exemplars[group], tracker, retainers)
+            suspect = _diagnose_group(base, exemplars[group], tracker, retainers, modules)
             key = (Cause(suspect.cause) if suspect.cause else Cause.UNKNOWN,
                    (suspect.held_by or "").split(" -> ")[0])
             previous = merged.get(key)
@@ -257,13 +260,14 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
         if retainers is not None:
             retainers.close()
         targets.clear()
+        modules.clear()
         holders.clear()
         live.clear()
         exemplars.clear()  # the window's tensors belong to the user again
 
 
 def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
-                    tracker: SiteTracker, retainers: Retainers) -> Suspect:
+                    tracker: SiteTracker, retainers: Retainers, modules: list[Any]) -> Suspect:
     growth = base.tensors
     retained = growth.bytes_growth if growth is not None else None
     if not candidates:
@@ -271,12 +275,12 @@ def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
         return replace(base, retained_bytes=retained, cause=Cause.UNKNOWN,
                        fix=write_fix(Cause.UNKNOWN, evidence))
     # The candidate with the shortest path (first in candidate order on a tie): deterministic.
-    scored = [(retainers.chain(tensor), position, tensor, holder)
-              for position, (tensor, holder, _node, _) in enumerate(candidates)]
-    reached = [entry for entry in scored if entry[0] is not None]
-    chain, _, tensor, holder = min(reached, key=lambda e: (len(e[0] or ()), e[1])) if reached \
-        else scored[0]
-    del scored, reached
+    depths = [(retainers.snapshot.depth(tensor), position)
+              for position, (tensor, _holder, _node, _) in enumerate(candidates)]
+    reached = [(depth, position) for depth, position in depths if depth is not None]
+    chosen = min(reached)[1] if reached else 0
+    tensor, holder = candidates[chosen][0], candidates[chosen][1]
+    chain = retainers.chain(tensor)
     result = retainers.find(tensor, describe(tensor))
     site = tracker.site_of(tensor)
     allocated_at, stack = (None, None) if site is None else site
@@ -287,7 +291,8 @@ def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
     hook = None
     reset = None
     if chain is not None and path is not None:
-        hook = find_hook(chain, lambda module, index: _module_name(retainers, chain, module, index))
+        hook = find_hook(chain, lambda module, index: _module_name(retainers, chain, module, index),
+                         modules)
         holder_at = resettable_holder(chain)
         if holder_at is not None:
             reset = f"{name_chain(retainers.snapshot, chain[:holder_at[0] + 1]).dotted}." \

@@ -9,7 +9,7 @@ tensor bytes grow; ``count_nodes`` does.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["GraphCount", "count_nodes", "freed", "graph_holders"]
@@ -19,13 +19,15 @@ __all__ = ["GraphCount", "count_nodes", "freed", "graph_holders"]
 class GraphCount:
     """Live autograd nodes reachable from live tensors' ``grad_fn`` (and ``.grad``'s).
 
-    ``largest``: the node count of the tensor whose graph is largest; ``backwarded``: some node's
-    saved tensors were freed by a backward pass (the code trains).
+    ``largest``: the most nodes one tensor's graph holds (new since ``before`` when given);
+    ``backwarded``: some node's saved tensors were freed by a backward pass (the code trains);
+    ``node_ids``: the nodes' ids (alive while a graph holds them), for the next count.
     """
 
     nodes: int
     largest: int
     backwarded: bool
+    node_ids: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.nodes} autograd nodes (largest graph {self.largest})"
@@ -36,11 +38,14 @@ def _next(node: Any) -> Iterable[Any]:
 
 
 def count_nodes(tensors: Iterable[Any], *, keep: list[Any] | None = None,
-                holders: int = 5) -> GraphCount:
+                holders: int = 5, before: GraphCount | None = None) -> GraphCount:
     """Count the distinct nodes of the graphs ``tensors`` reach. ``keep``: filled with up to
-    ``holders`` tensors whose graphs are largest, largest first (for the caller's path search;
-    the caller clears it). Tensors whose ``grad_fn`` no other graph reaches (``loss_sum``, not a
-    tensor inside its history) claim shared nodes first."""
+    ``holders`` tensors whose graphs gained the most nodes since ``before`` (all nodes count as
+    new without it), most first (for the caller's path search; the caller clears it). Tensors
+    whose ``grad_fn`` no other graph reaches (``loss_sum``, not a tensor inside its history)
+    claim shared nodes first. Nodes stay alive while a graph holds them, so an id seen before
+    is the same node."""
+    old = before.node_ids if before is not None else frozenset()
     tensors = [t for t in tensors if t.grad_fn is not None or (t.is_leaf and t.grad is not None)]
     seen: set[int] = set()
     hold: list[Any] = []  # ids in ``seen`` stay valid while their nodes are alive
@@ -69,7 +74,7 @@ def count_nodes(tensors: Iterable[Any], *, keep: list[Any] | None = None,
                     continue
                 seen.add(id(node))
                 hold.append(node)
-                mine += 1
+                mine += id(node) not in old
                 if not backwarded and freed(node):
                     backwarded = True
                 stack.extend(n for n in _next(node) if id(n) not in seen)
@@ -78,7 +83,7 @@ def count_nodes(tensors: Iterable[Any], *, keep: list[Any] | None = None,
         sizes.sort(key=lambda pair: (-pair[0], pair[1]))
         if keep is not None:
             keep.extend(tensors[position] for _, position in sizes[:holders])
-        return GraphCount(len(seen), sizes[0][0] if sizes else 0, backwarded)
+        return GraphCount(len(seen), sizes[0][0] if sizes else 0, backwarded, frozenset(seen))
     finally:
         hold.clear()
         tensors.clear()

@@ -96,15 +96,15 @@ def _global_hooks() -> Iterable[tuple[Any, str]]:
             yield hook, kind
 
 
-def find_hook(chain: Sequence[Any] | None,
-              name_module: Callable[[Any, int | None], str]) -> tuple[str, str, str] | None:
+def find_hook(chain: Sequence[Any] | None, name_module: Callable[[Any, int | None], str],
+              modules: Sequence[Any] | None = None) -> tuple[str, str, str] | None:
     """(module path, hook name, hook kind) of a hook that keeps what ``chain`` holds.
 
     ``chain``: a snapshot chain (root container first, tensor last). Modules on the chain are
     checked first (including hooks that store into their module argument), then every live
     module and torch's global registries for a hook that references an object on the chain.
     ``name_module(module, index)`` names a module (``model.1``; ``index``: its place in the chain,
-    None when it is not on it).
+    None when it is not on it). ``modules``: the live modules, when the caller has them.
     """
     if not chain:
         return None
@@ -121,14 +121,14 @@ def find_hook(chain: Sequence[Any] | None,
         for hook, kind in _hooks(obj):
             if _stores_into(hook, attribute) or any(id(r) in wanted for r in _hook_references(hook)):
                 return name_module(obj, index), hook_name(hook), kind
-    modules = module_instances()
+    everything = list(module_instances() if modules is None else modules)
     try:
-        for module in modules:
+        for module in everything:
             for hook, kind in _hooks(module):
                 if any(id(r) in wanted for r in _hook_references(hook)):
                     return name_module(module, None), hook_name(hook), kind
     finally:
-        modules.clear()
+        everything.clear()
     for hook, kind in _global_hooks():
         if any(id(r) in wanted for r in _hook_references(hook)):
             return "every module (a global hook)", hook_name(hook), kind

@@ -29,6 +29,9 @@ from typing import Any
 
 __all__ = ["Edge", "HeapSnapshot", "Limits", "Source", "take_snapshot"]
 
+# Objects per gc.get_referents call: each call holds the GIL; chunks of this size keep every hold
+# short (a few ms; see bench/diagnosis_snapshot.py) so a server's other threads keep running.
+_CHUNK = 4096
 _VRAMGUARD_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _DEMO_DIR = os.path.join(_VRAMGUARD_DIR, "demo", "")
 # Leaves: nothing they refer to can hold a tensor, so the walk does not keep them.
@@ -112,6 +115,7 @@ class HeapSnapshot:
         self._extra = extra
         self._source_of = {id(s.container): s for s in sources}
         self._aliases = aliases or {}
+        self._chains: dict[int, list[Any]] = {}
         self.complete = complete
         self.reason = reason  # why the walk stopped ("" when it saw all it could reach)
 
@@ -119,6 +123,11 @@ class HeapSnapshot:
     def visited(self) -> int:
         """How many objects the walk reached."""
         return sum(map(len, self._levels))
+
+    def depth(self, obj: Any) -> int | None:
+        """How many edges from a named root's container to ``obj`` (None: not reached)."""
+        found = self._depth.get(id(self._aliases.get(id(obj), obj)), -1)
+        return None if found < 0 else found
 
     def reached(self, obj: Any) -> bool:
         """True when a named root reaches ``obj`` (or, for a saved tensor, its storage view)."""
@@ -144,6 +153,9 @@ class HeapSnapshot:
         depth = self._depth.get(id(obj), -1)
         if depth < 0:
             return None
+        known = self._chains.get(id(obj))
+        if known is not None:
+            return list(known)
         chain = [obj]
         while depth > 0:
             child = chain[-1]
@@ -155,7 +167,8 @@ class HeapSnapshot:
             chain.append(parent)
             depth -= 1
         chain.reverse()
-        return chain
+        self._chains[id(obj)] = chain
+        return list(chain)
 
     def close(self) -> None:
         """Drop every reference the snapshot holds (the user's objects are theirs again)."""
@@ -166,15 +179,19 @@ class HeapSnapshot:
         self._extra.clear()
         self._source_of.clear()
         self._aliases.clear()
+        self._chains.clear()
         self.sources = []
 
 
 def _leftmost_parent(level: list[Any], child: Any) -> Any:
     """The first object of ``level`` whose gc referents include ``child`` (bisection in C)."""
     target = id(child)
-    lo, hi = 0, len(level)
-    if target not in map(id, gc.get_referents(*level)):
+    for start in range(0, len(level), _CHUNK):
+        if target in map(id, gc.get_referents(*level[start:start + _CHUNK])):
+            break
+    else:
         return None
+    lo, hi = start, min(start + _CHUNK, len(level))
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if target in map(id, gc.get_referents(*level[lo:mid])):
@@ -212,14 +229,19 @@ def named_sources(modules: dict[str, Any] | None = None, *,
     return user + library
 
 
+_LIBRARY_PREFIXES: list[tuple[str, ...]] = []  # read once: sysconfig.get_paths() is slow
+
+
 def is_library(file: str) -> bool:
     """True for a file of the stdlib, an installed package or vramguard itself."""
-    import sysconfig
+    if not _LIBRARY_PREFIXES:
+        import sysconfig
 
+        paths = sysconfig.get_paths()
+        _LIBRARY_PREFIXES.append(tuple(sorted({os.path.join(paths[k], "") for k in (
+            "stdlib", "platstdlib", "purelib", "platlib")})))
     path = os.path.abspath(file)
-    paths = sysconfig.get_paths()
-    prefixes = {os.path.join(paths[k], "") for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return path.startswith(tuple(prefixes)) or is_own_code(path)
+    return path.startswith(_LIBRARY_PREFIXES[0]) or is_own_code(path)
 
 
 def _ipython_namespace() -> dict[str, Any] | None:
@@ -284,7 +306,8 @@ def take_snapshot(targets: Iterable[Any] = (), *, limits: Limits | None = None,
             break
         levels.append(level)
         total += len(level)
-        pending.difference_update(map(id, level))
+        for start in range(0, len(level), _CHUNK):
+            pending.difference_update(map(id, level[start:start + _CHUNK]))
         if not wanted_all and not pending:
             break
         if current == limits.max_depth:
@@ -304,34 +327,39 @@ def take_snapshot(targets: Iterable[Any] = (), *, limits: Limits | None = None,
 def _next_level(level: list[Any], number: int, kinds: _Kinds, depth: dict[int, int],
                 extra: dict[int, Edge], saved_attrs: dict[type, tuple[str, ...]],
                 views: tuple[dict[tuple[Any, ...], int], set[int], dict[int, Any]]) -> list[Any]:
-    """The objects one level further from the roots, in a fixed order: gc's referents (one C
-    call for the whole level) first, then the edges only autograd and running frames know."""
+    """The objects one level further from the roots, in a fixed order: gc's referents first,
+    then the edges only autograd and running frames know. Works in chunks of ``_CHUNK`` objects:
+    every C call is short, so other threads get the GIL between them."""
     by_view, pending, aliases = views
-    children = gc.get_referents(*level)
-    kept = list(itertools.compress(children, map(kinds.__getitem__, map(type, children))))
-    del children
-    special = list(itertools.compress(
-        level, map((2).__eq__, map(kinds.__getitem__, map(type, level)))))
-    found: list[tuple[Any, Edge]] = []
+    nxt: list[Any] = []
+    special: list[Any] = []
+    for start in range(0, len(level), _CHUNK):
+        chunk = level[start:start + _CHUNK]
+        special.extend(itertools.compress(
+            chunk, map((2).__eq__, map(kinds.__getitem__, map(type, chunk)))))
+        children = gc.get_referents(*chunk)
+        kept = dict(zip(map(id, children), children, strict=True))
+        del children, chunk
+        fresh = [obj for key, obj in kept.items() if key not in depth and kinds[type(obj)]
+                 and not (type(obj) is types.FrameType and is_own_code(obj.f_code.co_filename))]
+        kept.clear()
+        depth.update(dict.fromkeys(map(id, fresh), number))
+        nxt.extend(fresh)
+        del fresh
     for obj in special:
-        found.extend(_extra_edges(obj, saved_attrs))
-    del special
-    fresh = dict(zip(map(id, kept), kept, strict=False))
-    for child, edge in found:
-        if kinds[type(child)] and id(child) not in fresh and id(child) not in depth:
-            fresh[id(child)] = child
+        for child, edge in _extra_edges(obj, saved_attrs):
+            if id(child) in depth or not kinds[type(child)]:
+                continue
+            depth[id(child)] = number
             extra[id(child)] = edge
+            nxt.append(child)
             if edge.kind == "saved" and by_view:
                 key = _view_key(child)
                 target = None if key is None else by_view.get(key)
                 if target is not None and target in pending:
                     aliases[target] = child
                     pending.discard(target)
-    del kept, found
-    nxt = [obj for key, obj in fresh.items() if key not in depth
-           and not (type(obj) is types.FrameType and is_own_code(obj.f_code.co_filename))]
-    fresh.clear()
-    depth.update(dict.fromkeys(map(id, nxt), number))
+    special.clear()
     return nxt
 
 

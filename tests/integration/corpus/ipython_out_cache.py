@@ -2,7 +2,6 @@
 ipython/ipython#12879 ("the array made in that cell is stored inside the Out dict") and
 jupyter/notebook#2201 (`%reset` / `%xdel` to drop IPython's references)."""
 import torch
-
 from IPython.core.interactiveshell import InteractiveShell
 
 torch.manual_seed(0)

@@ -10,7 +10,7 @@ class Clips(torch.utils.data.Dataset):
     def __len__(self):
         return 1_000_000
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - the leak under test
+    @functools.lru_cache(maxsize=None)  # noqa: B019, UP033 - the leak under test
     def __getitem__(self, index):
         return torch.randn(80, 4)  # LEAK
 
