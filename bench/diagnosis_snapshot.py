@@ -146,7 +146,7 @@ def main() -> None:
         sys.modules.pop("bench_app", None)
         gc.collect()
     # GIL holds and latency of other threads, on the plain heap with every module as a root
-    _app, tensor = build_heap(args.objects, "plain")
+    _app, _tensor = build_heap(args.objects, "plain")
     quiet, _ = latency_p99(lambda: time.sleep(3))
     holds = gil_holds()
 
