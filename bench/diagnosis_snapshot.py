@@ -12,7 +12,7 @@ Also measured: the longest single GIL hold of the snapshot (the longest gc call;
 threads run between calls) and the p99 latency of a 1 ms "request" loop in another thread while
 the snapshot runs, against the same loop with no snapshot.
 
-Run: python bench/diagnosis_snapshot.py [--objects 1000000] [--baseline main]
+Run: python bench/diagnosis_snapshot.py [--objects 1000000] [--baseline 59762bf]
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def latency_p99(work: Any) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--objects", type=int, default=1_000_000)
-    parser.add_argument("--baseline", default="main")
+    # 59762bf: the last revision with the wall-clock-bounded gc.get_referrers search
+    parser.add_argument("--baseline", default="59762bf")
     args = parser.parse_args()
     old = load_baseline(args.baseline)
     print("| heap | gc objects | search | answer | time (s) | objects visited |")

@@ -5,9 +5,9 @@ Device-agnostic: a ``TorchDispatchMode`` sees every aten op (factory functions i
 records the op's *new* storages, keyed by ``(device index, data pointer)``. Nothing is kept
 alive: each record carries a weak reference to its storage (a C++ weak pointer, not a Python
 object), so a record dies with its storage: a freed temporary's address reused by a tensor born
-outside the window (another thread, a C extension) answers "no site", never the temporary's line. On CUDA the allocator's own
-history (``torch.cuda.memory._record_memory_history``, bounded ``max_entries``) is joined by block
-address for storages the dispatcher did not see.
+outside the window (another thread, a C extension) answers "no site", never the temporary's
+line. On CUDA the allocator's own history (``torch.cuda.memory._record_memory_history``, bounded
+``max_entries``) is joined by block address for storages the dispatcher did not see.
 
 The cost (a frame walk per op) is paid only while the window is open: see
 ``bench/diagnosis_window.py``.
@@ -15,6 +15,7 @@ The cost (a frame walk per op) is paid only while the window is open: see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -148,10 +149,9 @@ class SiteTracker:
         old = self._weak.pop(key, None)
         if old is not None:
             self._storage._free_weak_ref(old)
-        try:
+        # a storage without weak references is kept by key only
+        with contextlib.suppress(RuntimeError, AttributeError):
             self._weak[key] = tensor.untyped_storage()._weak_ref()
-        except (RuntimeError, AttributeError):  # a storage without weak references: keep by key
-            pass
 
     def _stale(self, key: tuple[int, int]) -> bool:
         weak = self._weak.get(key)
