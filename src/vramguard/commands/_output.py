@@ -51,9 +51,11 @@ def progress_bar(total: int, *, enabled: bool, calls: Calls | None = None,
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # On stderr, the terminal tested above: stdout carries the report (and may be a pipe).
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("requests", total=total)
         diagnosis: list[Any] = []
 
@@ -65,6 +67,8 @@ def progress_bar(total: int, *, enabled: bool, calls: Calls | None = None,
             bar.update(diagnosis[0], completed=done)
             if done == diagnosis_requests:
                 bar.update(diagnosis[0], description="diagnosis: analysing the heap")
+            if done in (1, diagnosis_requests):
+                bar.refresh()  # each phase is drawn at least once, however short it is
 
         if calls is not None:
             calls.on_extra = extra
