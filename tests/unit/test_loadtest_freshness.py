@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 
-from vramguard.adapters.load import Freshness, LoadPlan, Reading, Value, parse_status
+from vramguard.adapters.load import Freshness, LoadPlan, LoadResult, Reading, Value, parse_status
 from vramguard.commands._evidence import requests_needed
+from vramguard.commands.loadtest import _judge
 from vramguard.errors import EnvironmentProblem
 
 
@@ -79,3 +80,36 @@ def test_requests_needed_follows_the_reading_rate() -> None:
     # One reading every 10 requests with a fixed warm-up of 5.
     assert requests_needed(requests=105, warmup=5, readings=10, auto_warm=False) == 255
     assert requests_needed(requests=100, warmup=10, readings=0, auto_warm=True) is None
+
+
+def flat_run(*, stopped: str | None, interrupted: bool = False) -> LoadResult:
+    fresh = Freshness(base=0)
+    for request in range(80):
+        fresh.add(reading(request + 1, 4096, request))
+    return LoadResult(freshness=fresh, completed=80, statuses={"200": 80}, reads=80,
+                      stopped=stopped, interrupted=interrupted)
+
+
+@pytest.mark.parametrize(("stopped", "interrupted", "code"), [
+    (None, False, 0),                       # ran to its end, flat: no leak
+    ("interrupted", True, 130),             # Ctrl-C: the partial verdict, but not a pass
+    ("request 80 failed: gone", False, 3),  # the server went away: not a pass either
+])
+def test_a_partial_run_is_never_a_pass(stopped: str | None, interrupted: bool, code: int,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    result = _judge(flat_run(stopped=stopped, interrupted=interrupted), target="GET u",
+                    device="server", warm=None, as_json=False, quiet=False, status="u")
+    out = capsys.readouterr().out
+    assert result == code
+    assert out.startswith("NO_LEAK GET u" + (" (partial)" if stopped else ""))
+    assert "80 fresh memory readings" in out
+
+
+def test_mostly_failing_or_unread_runs_have_no_verdict() -> None:
+    failing = flat_run(stopped=None)
+    failing.statuses = {"200": 39, "500": 41}
+    with pytest.raises(EnvironmentProblem, match=r"41 of 80 requests failed \(by status: 200: 39, 500: 41\)"):
+        _judge(failing, target="t", device="d", warm=None, as_json=False, quiet=True, status="u")
+    unread = LoadResult(freshness=Freshness(base=0), completed=50, statuses={"200": 50}, reads=6)
+    with pytest.raises(EnvironmentProblem, match="overhead_budget=None"):
+        _judge(unread, target="t", device="d", warm=None, as_json=False, quiet=True, status="u")
