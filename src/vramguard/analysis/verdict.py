@@ -307,7 +307,8 @@ def decide(
         measured = "no samples" if x.size == 0 else f"only {x.size} sample{'s' * (x.size > 1)}"
         return verdict(
             VerdictKind.INCONCLUSIVE,
-            f"{measured} of allocated memory after a warm-up of {warm} requests; "
+            f"{measured} of allocated memory after a warm-up of {warm} "
+            f"request{'s' * (warm != 1)}; "  # h12: "1 request", not "1 requests"
             f"at least {MIN_POINTS} are needed",
             values=y,
         )
