@@ -13,18 +13,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vramguard.distributed.share import Sharer, share
+    from vramguard.distributed.publish import Sharer, share
     from vramguard.distributed.summary import RankSummary, rank_verdict
-    from vramguard.distributed.table import RankRow, RankStatus, RankTable
+    from vramguard.distributed.ranktable import RankRow, RankStatus, RankTable
 
 _LAZY = {
-    "share": "vramguard.distributed.share",
-    "Sharer": "vramguard.distributed.share",
+    "share": "vramguard.distributed.publish",
+    "Sharer": "vramguard.distributed.publish",
     "RankSummary": "vramguard.distributed.summary",
     "rank_verdict": "vramguard.distributed.summary",
-    "RankTable": "vramguard.distributed.table",
-    "RankRow": "vramguard.distributed.table",
-    "RankStatus": "vramguard.distributed.table",
+    "RankTable": "vramguard.distributed.ranktable",
+    "RankRow": "vramguard.distributed.ranktable",
+    "RankStatus": "vramguard.distributed.ranktable",
 }
 
 __all__ = ["RankRow", "RankStatus", "RankSummary", "RankTable", "Sharer", "rank_verdict", "share",
@@ -39,9 +39,9 @@ def table(timeout: str | float = "5s", store: Any = None, *, k: float | None = N
     a rank. ``k``: the outlier threshold in MADs (default 5); ``stale_after``: how old a summary
     may be (default: 3 of the rank's publishing intervals). Needs no collective: call it on
     any rank, or on several."""
-    from vramguard.distributed.share import seconds
+    from vramguard.distributed.publish import seconds
     from vramguard.distributed.store import default_store, private_connection
-    from vramguard.distributed.table import K_MADS, read_table
+    from vramguard.distributed.ranktable import K_MADS, read_table
 
     timeout_s = seconds(timeout, name="timeout")
     stale_s = None if stale_after is None else seconds(stale_after, name="stale_after")

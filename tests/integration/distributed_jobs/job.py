@@ -28,7 +28,7 @@ from vramguard import Guard
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--leak-rank", type=int, default=-1)
     parser.add_argument("--die-rank", type=int, default=-1)
     parser.add_argument("--new-group-every-step", action="store_true")
@@ -40,7 +40,7 @@ def main() -> None:
     rank = dist.get_rank()
     # overhead_budget=None: a sample after every step. The guard's CPU defaults are being
     # reworked (sampling issue); the distributed plumbing is what these jobs test.
-    guard = Guard("cpu", overhead_budget=None, warmup=10)
+    guard = Guard("cpu", overhead_budget=None, warmup=5)
     model = torch.nn.Linear(16, 16)
     kept = []
     groups = []
