@@ -138,7 +138,7 @@ def test_ranks_cli_no_leak_stale_and_empty(server: Any, capsys: pytest.CaptureFi
     address = f"127.0.0.1:{server.port}"
     assert main(["ranks", "--store", address]) == 5  # nothing published: no claim either way
     assert "no rank has published" in capsys.readouterr().out
-    publish_job(server, {r: (VerdictKind.NO_LEAK, 0.0) for r in range(3)}, time.time())
+    publish_job(server, dict.fromkeys(range(3), (VerdictKind.NO_LEAK, 0.0)), time.time())
     assert main(["ranks", "--store", address]) == 0
     assert capsys.readouterr().out.startswith("no rank leaks (ranks 0, 1, 2: flat)")
     assert main(["ranks", "--store", address, "--stale-after", "0.001s"]) == 5

@@ -8,8 +8,8 @@ import pytest
 
 from vramguard.analysis.verdict import VerdictKind
 from vramguard.distributed.groups import groups_verdict
-from vramguard.distributed.summary import RankSummary, SummaryError
 from vramguard.distributed.ranktable import RankStatus, judge
+from vramguard.distributed.summary import RankSummary, SummaryError
 
 NOW = 1_000_000.0
 
@@ -129,7 +129,7 @@ def test_summary_round_trip_and_bad_documents() -> None:
     assert len(original.to_json()) < 600  # compact: a store serves thousands of ranks
     with pytest.raises(SummaryError, match=r"expected a vramguard\.rank/1 document"):
         RankSummary.from_json("{}")
-    with pytest.raises(SummaryError, match="expected a vramguard.rank/1 document"):
+    with pytest.raises(SummaryError, match=r"expected a vramguard\.rank/1 document"):
         RankSummary.from_json("not json")
 
 

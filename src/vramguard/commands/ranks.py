@@ -40,8 +40,8 @@ def ranks(address: str, as_json: bool, timeout: str, stale_after: str | None) ->
     5 inconclusive (stale, missing or undecided ranks, none flagged).
     """
     from vramguard.distributed.publish import seconds
-    from vramguard.distributed.store import connect, parse_address
     from vramguard.distributed.ranktable import read_table
+    from vramguard.distributed.store import connect, parse_address
 
     # c10d logs each failed connection attempt with a C++ stack trace on stderr; the one-line
     # error below says it all. Read by c10 when torch loads, so set before connect() imports it.

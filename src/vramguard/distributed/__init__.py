@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vramguard.distributed.publish import Sharer, share
-    from vramguard.distributed.summary import RankSummary, rank_verdict
     from vramguard.distributed.ranktable import RankRow, RankStatus, RankTable
+    from vramguard.distributed.summary import RankSummary, rank_verdict
 
 _LAZY = {
     "share": "vramguard.distributed.publish",
@@ -40,8 +40,8 @@ def table(timeout: str | float = "5s", store: Any = None, *, k: float | None = N
     may be (default: 3 of the rank's publishing intervals). Needs no collective: call it on
     any rank, or on several."""
     from vramguard.distributed.publish import seconds
-    from vramguard.distributed.store import default_store, private_connection
     from vramguard.distributed.ranktable import K_MADS, read_table
+    from vramguard.distributed.store import default_store, private_connection
 
     timeout_s = seconds(timeout, name="timeout")
     stale_s = None if stale_after is None else seconds(stale_after, name="stale_after")
