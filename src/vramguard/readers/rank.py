@@ -93,6 +93,19 @@ def identity_from_env(env: Mapping[str, str]) -> RankIdentity:
     return NOT_DISTRIBUTED
 
 
+def local_rank_from_env(env: Mapping[str, str]) -> int | None:
+    """The local rank ``env`` gives, with or without a global rank beside it (pure): the
+    launcher's whose rank counts first, else the first local-rank variable that parses."""
+    identity = identity_from_env(env)
+    if identity.local_rank is not None:
+        return identity.local_rank
+    for _source, _rank_var, local_var, _size_var in _LAUNCHERS:
+        local = _int(env.get(local_var))
+        if local is not None:
+            return local
+    return None
+
+
 def read_identity(env: Mapping[str, str] | None = None) -> RankIdentity:
     """This process's identity now: ``torch.distributed`` when a default group is initialised
     (its rank and world size are the truth; the local rank still comes from the launcher's
