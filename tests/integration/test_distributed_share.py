@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
 
+import vramguard
 import vramguard.distributed as vd
 from vramguard import Guard, VerdictKind
 from vramguard.commands.main import main
@@ -150,3 +152,27 @@ def test_ranks_cli_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert "expected --store as HOST:PORT" in capsys.readouterr().err
     assert main(["ranks", "--store", "127.0.0.1:1", "--timeout", "soon"]) == 2
     assert "expected a duration" in capsys.readouterr().err
+
+
+def test_guard_rank_attributes_and_per_rank_oom_files(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    guard = Guard("cpu")
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert (guard.rank, guard.local_rank, guard.world_size) == (None, None, None)
+    # Read when asked, not at construction: torchrun's variables, or init_process_group later.
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert (guard.rank, guard.local_rank, guard.world_size) == (3, 1, 4)
+    watch = vramguard.on_oom(tmp_path / "oom.json", guard=guard)
+    with pytest.raises(MemoryError), watch:
+        raise MemoryError
+    assert not (tmp_path / "oom.json").exists()
+    document = json.loads((tmp_path / "oom.rank3.json").read_text())
+    assert (document["rank"], document["local_rank"], document["world_size"]) == (3, 1, 4)
+    text_watch = vramguard.on_oom(tmp_path / "oom.txt", guard=guard)
+    assert text_watch.write(source="test") == tmp_path / "oom.rank3.txt"
+    assert ", rank 3/4, pid " in (tmp_path / "oom.rank3.txt").read_text().splitlines()[0]
+    watch.close()
+    text_watch.close()
