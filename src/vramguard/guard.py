@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict, decide
+from vramguard.distributed.groups import GroupCounts
 from vramguard.readers.census import Census, TensorGroup, diff_groups
 from vramguard.readers.device import Device, resolve_device
+from vramguard.readers.rank import RankIdentity, read_identity
 from vramguard.readers.sampler import Sampler
 from vramguard.sampling import Budget, History
 
@@ -100,6 +102,8 @@ class Guard:
         self._verdict: Verdict | None = None
         self._verdict_key: tuple[int, int] = (-1, -1)
         self._oom: OomWatch | None = None
+        # Live process groups at each sample (vramguard.distributed judges their growth).
+        self.process_groups = GroupCounts(max_samples // 2)
         if oom_report is not None:
             from vramguard.oom import on_oom
 
@@ -178,6 +182,7 @@ class Guard:
             sample = self._sampler.read(request, now, census)
             account.read_took(_own_time() - started)
             self._last_allocated = sample.allocated
+            self.process_groups.note(request)  # ~1 us; nothing outside a distributed job
             with self._lock:
                 self._history.add(sample, census=census is not None)
                 if census is not None:
@@ -265,6 +270,27 @@ class Guard:
         """Steps completed so far."""
         # count's repr is its next value; reading it does not advance it (and needs no lock).
         return int(repr(self._counter)[6:-1]) - 1
+
+    @property
+    def identity(self) -> RankIdentity:
+        """This process's rank, local rank and world size (read now: ``init_process_group`` may
+        come after the guard); see :mod:`vramguard.readers.rank`."""
+        return read_identity()
+
+    @property
+    def rank(self) -> int | None:
+        """This process's global rank in a distributed job; None outside one."""
+        return self.identity.rank
+
+    @property
+    def local_rank(self) -> int | None:
+        """This process's rank on its node; None when unknown."""
+        return self.identity.local_rank
+
+    @property
+    def world_size(self) -> int | None:
+        """How many processes the job has; None when unknown."""
+        return self.identity.world_size
 
     @property
     def overhead(self) -> float:

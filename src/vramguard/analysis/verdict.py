@@ -40,6 +40,8 @@ class VerdictKind(enum.StrEnum):
     CACHE_GROWTH = "cache_growth"
     FRAGMENTATION = "fragmentation"
     NON_TORCH_GROWTH = "non_torch_growth"
+    # Judged by vramguard.distributed.groups over the live process-group count, not by decide().
+    PROCESS_GROUP_GROWTH = "process_group_growth"
     NO_LEAK = "no_leak"
     INCONCLUSIVE = "inconclusive"
 
@@ -106,8 +108,10 @@ class Verdict:
 
     @property
     def is_leak(self) -> bool:
-        """True for the verdicts that fail a check: a leak, or growth outside PyTorch."""
-        return self.kind in (VerdictKind.LEAK, VerdictKind.NON_TORCH_GROWTH)
+        """True for the verdicts that fail a check: a leak, growth outside PyTorch, or process
+        groups that are never destroyed."""
+        return self.kind in (VerdictKind.LEAK, VerdictKind.NON_TORCH_GROWTH,
+                             VerdictKind.PROCESS_GROUP_GROWTH)
 
     def __str__(self) -> str:
         if self.kind in (VerdictKind.NO_LEAK, VerdictKind.INCONCLUSIVE) or self.growth is None:
