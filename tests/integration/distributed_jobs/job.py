@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--new-group-every-step", action="store_true")
     parser.add_argument("--every", type=float, default=0.2)
     parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--debug-port", type=int, default=0)
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
@@ -54,6 +55,10 @@ def main() -> None:
                 groups.append(dist.new_group(backend="gloo"))  # never destroyed
 
     sharer = vd.share(guard, every=args.every)
+    if args.debug_port and rank == 0:
+        from torch.distributed.debug import start_debug_server
+
+        start_debug_server(port=args.debug_port, handlers=[vd.debug_handler()])
     assert sharer.wait_for(1, timeout=args.deadline), "first publish never happened"
     (args.out / f"rank{rank}.published").write_text(json.dumps(sharer.last.to_json()))
     if rank == args.die_rank:
