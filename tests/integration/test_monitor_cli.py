@@ -34,7 +34,7 @@ process 0 4321 na
 """
 
 
-def monitor(lib: Path, scenario: Path | None, *args: str, timeout: float = 30,
+def monitor(lib: Path, scenario: Path | None, *args: str, timeout: float = 120,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vramguard", "monitor", *args], capture_output=True, text=True,
@@ -210,7 +210,7 @@ def test_signal_reaches_a_real_process(nvml_sim_lib: Path, scenario: Path, tmp_p
                            "--devices", "1", "--threshold", "1GiB",
                            "--signal", f"{target.pid}:USR1")
             assert done.returncode == 0, done.stderr
-            assert target.wait(timeout=10) == 0
+            assert target.wait(timeout=120) == 0
             assert flag.read_text() == "USR1"
         finally:
             target.kill()
@@ -224,7 +224,7 @@ def test_sigterm_stops_cleanly(nvml_sim_lib: Path, scenario: Path) -> None:  # n
             assert proc.stderr is not None
             assert "monitoring every" in proc.stderr.readline()
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
+            assert proc.wait(timeout=120) == 0
         finally:
             proc.kill()
 
@@ -243,7 +243,7 @@ def _scrape_and_stop(proc: subprocess.Popen[str]) -> None:
         line = proc.stderr.readline()
         assert "serving metrics on http://127.0.0.1:" in line, line
         url = line.split(" on ")[1].strip()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # a failure detector only
         text = ""
         while "vramguard_gpu_up" not in text and time.monotonic() < deadline:
             with urllib.request.urlopen(url, timeout=5) as response:
@@ -254,7 +254,7 @@ def _scrape_and_stop(proc: subprocess.Popen[str]) -> None:
         assert 'vramguard_process_gpu_memory_bytes{gpu="0",pid="1234",uuid="GPU-aaaa"}' in text
     finally:
         proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=120) == 0
         proc.kill()
 
 
@@ -296,7 +296,7 @@ def test_works_without_torch(nvml_sim_lib: Path, scenario: Path) -> None:  # noq
             "assert 'torch' not in sys.modules\n"
             "sys.exit(rc)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=30, env=sim_env(nvml_sim_lib, scenario), check=False)
+                          timeout=120, env=sim_env(nvml_sim_lib, scenario), check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["schema"] == "vramguard.monitor/1"
 

@@ -34,7 +34,7 @@ from vramguard.monitor import (
 from vramguard.monitor.actions import Action
 from vramguard.monitor.placement import read_placement
 from vramguard.nvml import Nvml, default_library_path
-from vramguard.units import Percent, parse_duration, parse_size
+from vramguard.units import Percent, parse_duration, parse_interval, parse_size
 
 
 def _size(text: str | None) -> int | Percent | None:
@@ -112,7 +112,7 @@ def monitor(
     config = _config(threshold=threshold, for_=for_, predict=predict,
                      process_budget=process_budget, cooldown=cooldown, hysteresis=hysteresis,
                      trend_window=trend_window, cross_device=cross_device)
-    period = parse_duration(interval)
+    period = parse_interval("--interval", interval)
     stop_after = None if duration is None else parse_duration(duration)
     selected = _devices(devices)
     listen = None if prometheus is None else parse_listen(prometheus)
