@@ -179,3 +179,29 @@ def test_guard_rank_attributes_and_per_rank_oom_files(monkeypatch: pytest.Monkey
     assert ", rank 3/4, pid " in (tmp_path / "oom.rank3.txt").read_text().splitlines()[0]
     watch.close()
     text_watch.close()
+
+
+@pytest.mark.usefixtures("rank0")
+def test_the_top_suspect_is_looked_up_again_only_every_ten_minutes() -> None:
+    # The suspect takes a grouped census; between lookups the last line is republished.
+    guard, kept = trained(leak=True)
+    times = iter([0.0, 10.0, 700.0])
+    sharer = Sharer(guard, dist.HashStore(), every_s=30.0, clock=lambda: next(times))
+    layer = torch.nn.Linear(64, 64)
+
+    def leak_more() -> None:
+        for _ in range(10):
+            with guard.step(), torch.no_grad():
+                kept.append(layer(torch.randn(64, 64)))
+
+    lines = []
+    for _ in range(3):
+        assert sharer.publish()
+        assert sharer.last is not None
+        lines.append(sharer.last.suspect)
+        leak_more()
+    assert lines[0] is not None
+    assert lines[1] == lines[0]  # 10 s later: republished, not looked up
+    assert lines[2] != lines[0]  # 700 s later: looked up again, the group has grown
+    assert lines[2] is not None
+    assert lines[2].startswith("Tensor(64x64, float32, cpu)")
