@@ -205,3 +205,20 @@ def test_the_top_suspect_is_looked_up_again_only_every_ten_minutes() -> None:
     assert lines[2] != lines[0]  # 700 s later: looked up again, the group has grown
     assert lines[2] is not None
     assert lines[2].startswith("Tensor(64x64, float32, cpu)")
+
+
+def test_ranks_cli_unreachable_store_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()  # nothing listens there
+    assert main(["ranks", "--store", f"127.0.0.1:{port}", "--timeout", "0.5s", "--json"]) == 3
+    captured = capsys.readouterr()
+    assert f"could not reach the store at 127.0.0.1:{port}" in captured.err
+    document = json.loads(captured.out)
+    assert (document["schema"], document["exit_code"]) == ("vramguard.error/1", 3)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
