@@ -222,3 +222,55 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_ranks_without_a_world_size_are_found_by_their_keys(server: Any,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    # A launcher that gives a rank but no size (SLURM_PROCID without SLURM_NTASKS): no rank
+    # publishes the world size, and the reader lists the keys instead.
+    for rank, kind in ((0, VerdictKind.NO_LEAK), (4, VerdictKind.LEAK)):
+        server.set(rank_key(rank), RankSummary(
+            rank=rank, local_rank=None, world_size=None, verdict=kind, reason="r", requests=300,
+            bytes_per_step=1024.0 * rank, ci95=(1000.0 * rank, 1100.0 * rank), memory_bytes=1,
+            suspect=None, process_groups=None, time=time.time(), every_s=3600.0, pid=1,
+            host="h").to_json())
+    assert main(["ranks", "--store", f"127.0.0.1:{server.port}", "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in document["ranks"]] == [0, 4]
+    assert document["leaking_ranks"] == [4]
+    assert document["world_size"] is None
+
+
+class FlakyServer:
+    """A store whose first connection breaks (a restarted store server); later ones work."""
+
+    def __init__(self) -> None:
+        self.connections: list[Any] = []
+        self.data: dict[str, str] = {}
+
+    def clone(self) -> Any:
+        server, number = self, len(self.connections)
+
+        class Connection:
+            def set_timeout(self, timeout: dt.timedelta) -> None:
+                pass
+
+            def set(self, key: str, value: str) -> None:
+                if number == 0:
+                    raise RuntimeError("Broken pipe")
+                server.data[key] = value
+
+        self.connections.append(Connection())
+        return self.connections[-1]
+
+
+@pytest.mark.usefixtures("rank0")
+def test_a_broken_connection_is_replaced_at_the_next_publish() -> None:
+    server = FlakyServer()
+    sharer = Sharer(Guard("cpu"), server, every_s=30.0)
+    assert not sharer.publish()
+    assert sharer.publish()
+    assert len(server.connections) == 2
+    assert rank_key(0) in server.data

@@ -86,6 +86,8 @@ class Sharer:
                 self._own.set(WORLD_KEY, str(summary.world_size))
             self._own.set(rank_key(summary.rank), summary.to_json())
         except Exception as exc:  # the job must never notice: degrade, say so once
+            if self._own is not self._store:
+                self._own = None  # our connection may be dead: make a new one next time
             with self._changed:
                 self.failures += 1
                 self.error = f"{type(exc).__name__}: {exc}"
