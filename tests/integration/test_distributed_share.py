@@ -274,3 +274,29 @@ def test_a_broken_connection_is_replaced_at_the_next_publish() -> None:
     assert sharer.publish()
     assert len(server.connections) == 2
     assert rank_key(0) in server.data
+
+
+@pytest.mark.usefixtures("rank0")
+def test_a_hung_store_never_blocks_a_step() -> None:
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    class HungStore:
+        def set(self, key: str, value: str) -> None:
+            entered.set()
+            release.wait()  # a store server that stopped answering
+
+    guard = Guard("cpu")
+    sharer = vd.share(guard, every="30s", store=HungStore())
+    try:
+        assert entered.wait(timeout=60)  # the publish is stuck inside the store now
+        for _ in range(50):
+            with guard.step():
+                torch.ones(8).sum()
+        assert guard.requests == 50  # the steps went on while the publish hung
+        assert sharer.published == 0
+    finally:
+        release.set()
+        sharer.stop(timeout=60)
+    assert not sharer.running
