@@ -98,6 +98,18 @@ def _live_storage_keys() -> frozenset[tuple[int, int]]:
         tensors.clear()  # addresses only: the window must not keep the user's tensors alive
 
 
+def _census() -> Any:
+    from vramguard.readers.census import CensusTaker
+
+    return CensusTaker().take(groups=True)
+
+
+def _grown_since(before: Any) -> list[tuple[TensorGroup, int, int]]:
+    from vramguard.readers.census import diff_groups
+
+    return [g for g in diff_groups(before, _census()) if g[2] > 0]
+
+
 def _default_explainer(grown: Grown, tracker: Any, *, born: Callable[[Any], bool] | None
                        ) -> tuple[Suspect, ...]:
     from vramguard.diagnosis.engine import explain
@@ -221,15 +233,19 @@ class Windows:
         return (not self._disabled and self._window is None
                 and self._clock() >= self._next.get(route, float("-inf")))
 
-    def start(self, route: str, grown: Grown) -> bool:
-        """Open a window for ``route`` explaining ``grown``; False if one is open or it failed."""
-        if self._disabled or not grown:
+    def start(self, route: str, grown: Grown | None = None) -> bool:
+        """Open a window for ``route`` explaining ``grown``; False if one is open or it failed.
+
+        Without ``grown`` (the web guard's cheap counter names no tensors), the window measures
+        it: a census when it opens and one when it closes, in its own thread.
+        """
+        if self._disabled:
             return False
         with self._lock:
             if self._window is not None:
                 return False
             try:
-                window = _Window(route, list(grown), self._tracker_factory(), self._clock())
+                window = _Window(route, list(grown or ()), self._tracker_factory(), self._clock())
             except Exception:
                 self.fail("creating the site tracker")
                 return False
@@ -245,11 +261,14 @@ class Windows:
     # -- the window's own thread -------------------------------------------------------------------
     def _run(self, window: _Window) -> None:
         born_keys: frozenset[tuple[int, int]] = frozenset()
+        before: Any = None
         try:
             began = time.perf_counter()
             self._epoch += 1
             try:
                 born_keys = _live_storage_keys()
+                if not window.grown:
+                    before = _census()
             finally:
                 self._epoch += 1
             with self._lock:
@@ -268,6 +287,8 @@ class Windows:
             # there are any; the storages born in the window are the fallback (sync endpoints).
             self._epoch += 1
             try:
+                if before is not None:
+                    window.grown = _grown_since(before)
                 suspects = self._explainer(window.grown, window.tracker,
                                            born=None if window.tracked else born)
             finally:
