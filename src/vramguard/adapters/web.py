@@ -205,7 +205,9 @@ class WebGuard:
         # Under the lock. The read stays outside the Guard's step: it does not inflate its time.
         started = time.perf_counter()
         value = self._counter.read()
-        self._read_cost = _ewma(self._read_cost, time.perf_counter() - started)
+        cost = time.perf_counter() - started
+        # Machine noise only adds time: a cheaper read is believed at once (as in the Guard).
+        self._read_cost = cost if cost < self._read_cost else _ewma(self._read_cost, cost)
         self._cuts += 1
         self._book(self._ledger.cut(now, value, self._windows.scan_epoch))
 
