@@ -23,8 +23,8 @@ leak). What the numbers mean:
 - A route is a ``leak`` when its least-squares estimate is at least ``LEAK_T`` standard errors
   above 0 over all windows and ``RECENT_T`` over the most recent half (memory it kept early and
   then stopped keeping is a filled cache, not a leak: that is ``inconclusive``). It is
-  ``no_leak`` when enough windows were seen and the interval reaches 0: ``ci95[1]`` is then the
-  most it may retain per request.
+  ``no_leak`` when enough windows were seen, the interval reaches 0 and its top is at most
+  ``NO_LEAK_MAX`` bytes per request (noisy windows that allow kilobytes are ``inconclusive``).
 - ``collinear``: when a route's request counts are (nearly) a combination of other routes'
   counts (e.g. a client that always calls ``/a`` then ``/b``), the data cannot tell their bytes
   apart. Those routes are fitted as one group, reported with the group's combined bytes per
@@ -48,6 +48,7 @@ from vramguard.units import format_bytes
 
 MIN_WINDOWS = 16          # windows with the route before any verdict
 NO_LEAK_WINDOWS = 32      # ... before "no leak"
+NO_LEAK_MAX = 512.0       # ... and at most this many bytes/request possible (95%)
 MIN_REQUESTS = 24         # requests of the route before any verdict
 COLLINEAR_BELOW = 0.1     # residual share of a route's counts below which it cannot be separated
 MAX_COLUMNS = 32          # routes fitted separately; the rest share one column ("<rest>")
@@ -288,10 +289,12 @@ def _estimate(name: str, windows: int, requests: float, partners: tuple[str, ...
     elif ci[0] > 0:
         call, reason = Call.INCONCLUSIVE, (f"its requests kept {per} over all windows, but not "
                                            f"clearly in the recent half (a cache filling up?)")
-    elif windows >= NO_LEAK_WINDOWS:
+    elif windows >= NO_LEAK_WINDOWS and ci[1] <= NO_LEAK_MAX:
         call, reason = Call.NO_LEAK, (f"no retention distinguishable from 0 over {windows} "
                                       f"windows: at most {format_bytes(ci[1])}/request (95%)")
     else:
-        call, reason = Call.INCONCLUSIVE, (f"no retention distinguishable from 0 yet; "
-                                           f"{NO_LEAK_WINDOWS} windows needed for no leak")
+        call, reason = Call.INCONCLUSIVE, (
+            f"no retention distinguishable from 0 yet, but up to {format_bytes(ci[1])}/request "
+            f"is possible; no leak needs {NO_LEAK_WINDOWS} windows and at most "
+            f"{format_bytes(NO_LEAK_MAX)}/request at 95%")
     return RouteEstimate(name, Status.ESTIMATED, call, value, ci, windows, requests, (), reason)

@@ -70,10 +70,8 @@ class Counter:
 
 
 def _heap_counter() -> _HeapLike:
-    try:
-        from vramguard.readers.heap import HeapCounter  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # TEMPORARY until the lead's readers/heap.py is merged: then deleted
-        return _Mallinfo2()
+    from vramguard.readers.heap import HeapCounter
+
     heap: _HeapLike = HeapCounter()
     return heap
 
@@ -84,26 +82,3 @@ class _HeapLike(Protocol):  # the part of readers.heap.HeapCounter used here
     @property
     def reason(self) -> str | None: ...
     def read(self) -> int | None: ...
-
-
-class _Mallinfo2:  # TEMPORARY thin binding, replaced by readers.heap on merge
-    def __init__(self) -> None:
-        import ctypes
-        import ctypes.util
-
-        class Info(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in (
-                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                "uordblks", "fordblks", "keepcost")]
-        self.available, self.reason = False, None
-        try:
-            function = ctypes.CDLL(ctypes.util.find_library("c") or None).mallinfo2
-            function.restype, function.argtypes = Info, []
-            self._function = function
-            self.available = True
-        except (OSError, AttributeError) as exc:
-            self.reason = f"glibc mallinfo2() is not available here ({exc})"
-
-    def read(self) -> int | None:
-        info = self._function()
-        return int(info.hblkhd) + int(info.uordblks)

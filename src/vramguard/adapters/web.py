@@ -1,11 +1,18 @@
 """``WebGuard``: the framework-free core behind the ASGI, WSGI and Flask adapters.
 
 Per request: ``begin()`` before the app runs and ``end(ticket, route)`` after it (hot path: a
-clock read, a lock and counters; memory is read only on the Guard's and the route sampler's
-cadence, see ``bench/web_overhead.py``). Every request is one Guard step (the overall verdict);
-requests that ran alone are also attributed to their route (see :mod:`vramguard.adapters.routes`
-for what per-route numbers mean). Nothing here raises into the request: a failure is logged once
-and the request goes on unguarded.
+clock read, a lock and counters, and now and then one read of the cheap counter, see
+``bench/web_overhead.py``). Every request is one Guard step (the overall verdict). For the
+routes, the counter is read at *cuts* (:mod:`vramguard.adapters.ledger`), as the budget affords:
+
+- on an idle server, a sampled request gets a cut at its start and one at the next request's
+  start: an exact measurement of what it kept. Which requests are sampled is jittered
+  (deterministically) so that a client alternating two routes still samples both.
+- under concurrency, a cut every ``_OVERLAP_CUT`` ended requests (or fewer, per the budget); the
+  windows between cuts feed the statistical attribution (:mod:`vramguard.adapters.attribution`).
+
+See :mod:`vramguard.adapters.routes` for what per-route numbers mean. Nothing here raises into
+the request: a failure is logged once and the request goes on unguarded.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +37,7 @@ from vramguard.adapters.window import RouteDiagnosis, Windows
 from vramguard.analysis.suspects import Suspect, TensorGrowth
 from vramguard.analysis.verdict import Verdict, VerdictKind
 from vramguard.guard import Guard, _Step
-from vramguard.readers.census import Census
-from vramguard.readers.device import Device, resolve_device
+from vramguard.readers.device import resolve_device
 from vramguard.readers.sampler import Sampler
 
 _log = logging.getLogger("vramguard")
@@ -62,31 +69,6 @@ class CleanupStats:
         return f"{self.runs} clean-ups freed {freed} in {self.seconds * 1000:.1f} ms"
 
 
-class _SharedSampler(Sampler):
-    """A Sampler whose census is reused while no request began or ended since it was taken.
-
-    The route reads (before/after a request) and the Guard's own census then cost one census, not
-    two or three. "Nothing began or ended" is the owner's ``generation`` counter; memory that
-    background threads change while the server is idle is thus seen by the next reading.
-    """
-
-    def __init__(self, device: Device, generation: Callable[[], int]) -> None:
-        super().__init__(device)
-        self._generation = generation
-        self._cached: tuple[int, Census] | None = None
-
-    def census(self, *, groups: bool = True, follow_graphs: bool = True) -> Census:
-        del follow_graphs  # routes need the full census (graphs included), so it is always taken
-        generation = self._generation()
-        cached = self._cached
-        if cached is not None and cached[0] == generation and (cached[1].grouped or not groups):
-            return cached[1]
-        census = super().census(groups=True)  # grouped costs the same, and routes need groups
-        if self._generation() == generation:  # nothing began or ended while it ran
-            self._cached = (generation, census)
-        return census
-
-
 class WebGuard:
     """One guarded web app: the Guard, per-route series, clean-up and health.
 
@@ -107,11 +89,7 @@ class WebGuard:
         windows: Windows | None = None,
         counter: Counter | None = None,
     ) -> None:
-        self._generation = 0  # +1 whenever a request begins or ends: see _SharedSampler
-        # The diagnosis window's scans (another thread) change what is alive, so they too make
-        # a cached census stale: both counters only grow, so their sum changes with either.
-        self._sampler = _SharedSampler(resolve_device(device),
-                                       lambda: self._generation + self._windows.scan_epoch)
+        self._sampler = Sampler(resolve_device(device))
         # One budget for the whole web guard: half for the Guard's own reads, half for the
         # before/after pairs that attribute memory to routes (see _pair_period).
         self.guard = Guard(device, overhead_budget=None if overhead_budget is None
@@ -130,6 +108,9 @@ class WebGuard:
         self._ledger = Ledger(clock())
         self._log = WindowLog()
         self._cuts = 0
+        self._gap = 1          # requests (begun since the last cut) until the next sample
+        self._closing = False  # the last cut opened a sample: the next idle start closes it
+        self._jitter = random.Random(0)
         self._read_cost = 0.0     # EWMA: seconds for one read of the counter
         self._attribution: tuple[int, Attribution] | None = None
         self._request_time = 0.0  # EWMA: seconds per request
@@ -157,11 +138,16 @@ class WebGuard:
                 self._seq += 1
                 alone = self._in_flight == 0
                 self._in_flight += 1
-                self._generation += 1
                 now = self._clock()
                 ledger = self._ledger
-                if (alone and ledger.begun_since_cut >= self._cut_period()) or (
-                        ledger.ended_since_cut >= max(_OVERLAP_CUT, self._cut_period())):
+                closing, self._closing = self._closing, False
+                if alone and (closing or ledger.begun_since_cut >= self._gap):
+                    self._cut(now)
+                    if not closing:  # this request is sampled: the next start closes it
+                        self._closing = True
+                        self._gap = self._next_gap()
+                elif not alone and ledger.ended_since_cut >= max(_OVERLAP_CUT,
+                                                                 self._cut_period()):
                     self._cut(now)
                 ticket = Ticket(self.guard.step(), self._seq, alone, ledger.begin(), now)
             ticket.step.__enter__()
@@ -182,7 +168,6 @@ class WebGuard:
             name = route or UNMATCHED
             ticket.step.__exit__(None, None, None)
             with self._lock:
-                self._generation += 1
                 self._in_flight -= 1
                 now = self._clock()
                 self._request_time = _ewma(self._request_time, now - ticket.started)
@@ -228,6 +213,16 @@ class WebGuard:
             return 1
         allowed = self._budget * 0.5 * max(self._request_time, 1e-7)
         return max(1, math.ceil(self._read_cost / allowed))
+
+    def _next_gap(self) -> int:
+        # Requests until the next sampled one on an idle server. A sample costs two cuts, so
+        # the gap is drawn from [1, 3] x the requests per cut the budget affords (mean 2), from
+        # a seeded generator so runs repeat, and so that no route order (a client alternating
+        # /a and /b) aliases with it. 1 when the budget affords a cut per request.
+        period = self._cut_period()
+        if period <= 1:
+            return 1
+        return max(1, round(period * self._jitter.uniform(1.0, 3.0)))
 
     # -- diagnosis windows ------------------------------------------------------------------------
     @property
