@@ -41,6 +41,7 @@ from vramguard.readers.device import resolve_device
 from vramguard.readers.sampler import Sampler
 
 _log = logging.getLogger("vramguard")
+_HEAP_FLOOR = 1024.0  # B/request: below it a route's growth is not called a leak (routes.combine)
 _OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests that ended
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
 
@@ -341,7 +342,8 @@ class WebGuard:
         with self._lock:
             exact = self._routes.verdict(route)
             requests = self._routes.counts(route).requests
-        return combine(exact, self.attribution().route(route), requests)
+        floor = _HEAP_FLOOR if self.guard.device.is_cpu else 0.0
+        return combine(exact, self.attribution().route(route), requests, floor=floor)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
         """One route's suspects (leaks only), once its diagnosis window finished: allocation
