@@ -25,7 +25,7 @@ from vramguard.adapters.window import RouteDiagnosis
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict
 from vramguard.reporters.json_report import check_document
-from vramguard.runner import CheckResult
+from vramguard.report import Report as CheckResult
 
 STATUS_SCHEMA = "vramguard.status/1"
 _log = logging.getLogger("vramguard")

@@ -13,7 +13,7 @@ import click
 from vramguard.errors import TargetFailed
 from vramguard.reporters.json_report import check_document
 from vramguard.reporters.text import render_check
-from vramguard.runner import CheckResult
+from vramguard.report import Report as CheckResult
 
 EXIT_NO_LEAK = 0
 EXIT_LEAK = 1
