@@ -24,8 +24,8 @@ from vramguard.analysis.suspects import Suspect, TensorGrowth
 from vramguard.report import DiagnosisTimings
 
 if TYPE_CHECKING:
-    from vramguard.readers.census import Census, TensorGroup
     from vramguard.diagnosis.sites import SiteTracker
+    from vramguard.readers.census import Census, TensorGroup
 
 _log = logging.getLogger("vramguard")
 # One tracker mode per thread at a time: async steps interleave on one thread, and dispatch

@@ -65,7 +65,8 @@ def run_check(
                 target, call, guard, requests, resolved_warmup, progress,
                 watch_children=diagnosis_requests > 0 or tracker is not None)
         report, grown, workers_grew = _conclude(target, guard, requests, resolved_warmup,
-                                                children_start, live_at_warmup, max_suspects)
+                                                children_start, live_at_warmup, max_suspects,
+                                                unit)
         began = time.perf_counter()
         suspects = report.suspects
         if tracker is not None and suspects:
@@ -112,7 +113,7 @@ async def run_check_async(
         with _as_target_failure(target, index, "on request"), guard.step():
             await call(index)
     report, _grown, workers_grew = _conclude(target, guard, requests, resolved_warmup,
-                                             children_start, live_at_warmup, max_suspects)
+                                             children_start, live_at_warmup, max_suspects, unit)
     if diagnosis_requests <= 0 or not (report.suspects or workers_grew):
         return report
     window = Window(diagnosis_requests, _device_name(guard), report.suspects,
@@ -176,7 +177,7 @@ def _as_target_failure(target: str, index: int, where: str) -> Any:
 
 def _conclude(target: str, guard: Guard, requests: int, warmup: int,
               children_start: int | None, live_at_warmup: int | None,
-              max_suspects: int) -> tuple[Report, list[Any], bool]:
+              max_suspects: int, unit: Unit) -> tuple[Report, list[Any], bool]:
     """The verdict and unexplained suspects after the loop: (report, grown groups, workers grew)."""
     verdict = guard.verdict()
     if verdict.kind is VerdictKind.LEAK:  # garbage cycles look like a leak until collected
@@ -194,7 +195,7 @@ def _conclude(target: str, guard: Guard, requests: int, warmup: int,
             f"child processes (e.g. DataLoader workers) grew by "
             f"{format_bytes(children_growth, signed=True)} after warm-up: see the suspects"))
     report = Report(target=target, device=str(guard.device), requests=requests, warmup=warmup,
-                    verdict=verdict, suspects=suspects, samples=guard.samples, unit=guard.unit)
+                    verdict=verdict, suspects=suspects, samples=guard.samples, unit=unit)
     return report, grown, workers_grew
 
 

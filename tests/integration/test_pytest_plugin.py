@@ -7,7 +7,7 @@ import pytest
 # Imported here so pytester's in-process runs (which restore sys.modules afterwards) never load
 # these extension modules a second time.
 import torch
-import torch._dynamo  # noqa: F401  (the site tracker's dispatch mode imports it lazily)
+import torch._dynamo
 
 import vramguard.reporters.text
 import vramguard.runner  # noqa: F401

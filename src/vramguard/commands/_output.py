@@ -11,9 +11,9 @@ from contextlib import contextmanager
 import click
 
 from vramguard.errors import TargetFailed
+from vramguard.report import Report as CheckResult
 from vramguard.reporters.json_report import check_document
 from vramguard.reporters.text import render_check
-from vramguard.report import Report as CheckResult
 
 EXIT_NO_LEAK = 0
 EXIT_LEAK = 1

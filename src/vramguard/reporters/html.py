@@ -20,8 +20,8 @@ import numpy as np
 from vramguard.analysis.suspects import Suspect
 from vramguard.analysis.trend import fit_trend
 from vramguard.analysis.verdict import VerdictKind
-from vramguard.reporters._html_assets import CSS, SCRIPT
 from vramguard.report import Report as CheckResult
+from vramguard.reporters._html_assets import CSS, SCRIPT
 from vramguard.units import format_bytes
 
 # Geometry of the SVG viewBox; the page scales it to its width.
