@@ -219,3 +219,13 @@ def build_report(guard: Any, target: str, wait_s: float | None) -> Any:
                   samples=guard.samples, unit=guard.unit,
                   diagnosis_seconds=None if timings is None else timings.total_s,
                   diagnosis=timings)
+
+
+def explained(guard: Any) -> bool:
+    """True when the Guard's leak explanation is as complete as it will get: its window ran (or
+    none will: ``diagnose="never"``, or the window could not open)."""
+    diagnosis: GuardDiagnosis | None = guard._diagnosis
+    if diagnosis is None or diagnosis._failed:
+        return True
+    window = diagnosis.window
+    return window is not None and window.finished
