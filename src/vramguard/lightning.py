@@ -24,7 +24,7 @@ try:  # the unified package first; the standalone one has the same Callback API
     from lightning.pytorch import Callback
 except ImportError:  # pragma: no cover - depends on which Lightning is installed
     try:
-        from pytorch_lightning import Callback  # type: ignore[no-redef]
+        from pytorch_lightning import Callback  # type: ignore[assignment]
     except ImportError as error:
         from vramguard.errors import EnvironmentProblem
 
@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - depends on which Lightning is installe
 __all__ = ["LeakWarning", "VramGuardCallback"]
 
 
-class VramGuardCallback(Callback):  # type: ignore[misc]
+class VramGuardCallback(Callback):
     """Watch a Lightning run for memory leaks (see the module docstring).
 
     ``on_leak``: "warn" | "raise" | "stop". ``log_metrics``: log the three metrics through
@@ -48,10 +48,11 @@ class VramGuardCallback(Callback):  # type: ignore[misc]
                  device: str | None = None, **guard_options: Any) -> None:
         super().__init__()
         self.log_metrics = log_metrics
-        options = {"on_leak": on_leak, "report": report, "check_every": check_every,
-                   "device": device, "guard_options": guard_options}
-        self.train = TrainingWatch("training", **options)
-        self.validation = TrainingWatch("validation", **{**options, "report": None})
+        self.train = TrainingWatch("training", on_leak=on_leak, report=report,
+                                   check_every=check_every, device=device,
+                                   guard_options=guard_options)
+        self.validation = TrainingWatch("validation", on_leak=on_leak, check_every=check_every,
+                                        device=device, guard_options=guard_options)
         self.report: Any = None  # the last report written or acted on
 
     # -- training -------------------------------------------------------------------------------
