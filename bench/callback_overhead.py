@@ -25,6 +25,34 @@ warnings.filterwarnings("ignore")  # the frameworks' own advice on tiny CPU runs
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+HOOK_SECONDS: list[float] = []  # time spent inside the callback's hooks, per guarded run
+
+
+def timed(callback: object, names: tuple[str, ...]) -> object:
+    """Wrap the callback's hooks so the run also reports the time spent inside them (robust to
+    a busy machine, where the with/without wall-clock ratio is noise-dominated)."""
+    spent = [0.0]
+    for name in names:
+        hook = getattr(callback, name)
+
+        def wrapper(*args: object, _hook: Callable[..., object] = hook, **kwargs: object) -> object:
+            started = time.perf_counter()
+            try:
+                return _hook(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - started
+        setattr(callback, name, wrapper)
+    HOOK_SECONDS.append(0.0)
+    index = len(HOOK_SECONDS) - 1
+    callback._spent = (spent, index)  # type: ignore[attr-defined]
+    return callback
+
+
+def _collect(callback: object) -> None:
+    spent, index = callback._spent  # type: ignore[attr-defined]
+    HOOK_SECONDS[index] = spent[0]
+
+
 def lightning_run(steps: int, guarded: bool) -> float:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
@@ -54,11 +82,15 @@ def lightning_run(steps: int, guarded: bool) -> float:
     data = DataLoader(TensorDataset(torch.randn(32 * steps, 256), torch.randn(32 * steps, 1)),
                       batch_size=32)
     timer = Timer()
-    callbacks: list[object] = [timer] + ([VramGuardCallback()] if guarded else [])
+    guard = timed(VramGuardCallback(), ("on_train_batch_start", "on_train_batch_end",
+                                        "on_train_end"))
+    callbacks: list[object] = [timer] + ([guard] if guarded else [])
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks)
     trainer.fit(MLP(), data)
+    if guarded:
+        _collect(guard)
     return timer.elapsed
 
 
@@ -86,9 +118,13 @@ def transformers_run(steps: int, guarded: bool) -> float:
         args = transformers.TrainingArguments(
             output_dir=out, max_steps=steps, per_device_train_batch_size=8, logging_steps=50,
             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
-        callbacks = [timer] + ([VramGuardCallback()] if guarded else [])
+        guard = timed(VramGuardCallback(), ("on_step_begin", "on_step_end", "on_log",
+                                            "on_train_end"))
+        callbacks = [timer] + ([guard] if guarded else [])
         transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
                              train_dataset=data, callbacks=callbacks).train()
+    if guarded:
+        _collect(guard)
     return timer.elapsed
 
 
@@ -101,6 +137,7 @@ def main() -> None:
     run: Callable[[int, bool], float] = (lightning_run if args.framework == "lightning"
                                          else transformers_run)
     run(20, True)  # imports and first-call costs out of the timed runs
+    HOOK_SECONDS.clear()
     bare: list[float] = []
     guarded: list[float] = []
     for _ in range(args.rounds):
@@ -113,6 +150,9 @@ def main() -> None:
     ratios = [g / b for g, b in zip(guarded, bare, strict=True)]
     print(f"wall-clock ratio with/without = {statistics.median(guarded) / statistics.median(bare):.4f}"
           f" (median of paired ratios {statistics.median(ratios):.4f}, target <= 1.05)")
+    shares = [h / g for h, g in zip(HOOK_SECONDS, guarded, strict=True)]
+    print(f"time inside the callback's hooks: median {statistics.median(shares) * 100:.2f}% of the "
+          f"guarded run ({statistics.median(HOOK_SECONDS) * 1e3:.0f} ms per run)")
 
 
 if __name__ == "__main__":

@@ -148,8 +148,9 @@ def _validate(requests: int, warmup: int | None) -> int:
 
 
 def _guard(device: str, requests: int, warmup: int, unit: Unit) -> Guard:
-    # A census per request costs a few ms in a torch process; ~100 censuses are plenty for the
-    # verdict, so long checks take one every few requests (counters are still read every request).
+    # Counters (the CPU heap, CUDA's allocator) are read every request. Where the census is the
+    # CPU signal instead (no heap counter), it costs a few ms in a torch process and ~100 are
+    # plenty for the verdict, so long checks take one every few requests.
     # The check runs its own diagnosis window, so the Guard's is off.
     return Guard(device, overhead_budget=None, warmup=warmup, max_samples=4 * requests + 16,
                  census_every=max(1, requests // 100), diagnose="never", unit=unit)

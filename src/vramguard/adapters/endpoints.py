@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -112,15 +112,26 @@ def _check(target: str, device: str, verdict: Verdict, suspects: tuple[Any, ...]
     return check_document(result)
 
 
+# The memory values the status shows (``tensor_bytes`` where Sample has it).
+_MEMORY = tuple(name for name in ("allocated", "tensor_bytes", "reserved", "device_used",
+                                  "device_total") if name in Sample.__dataclass_fields__)
+
+
 def _latest(samples: tuple[Sample, ...]) -> dict[str, Any]:
-    # The newest measured value of each field (the census fills ``allocated`` only every k steps).
-    latest: dict[str, Any] = {}
-    for sample in reversed(samples):
-        for key, value in asdict(sample).items():
-            if value is not None and key not in latest:
-                latest[key] = value
-    return {key: latest.get(key) for key in ("request", "allocated", "reserved", "device_used",
-                                              "device_total")}
+    # The newest measured value of each field (the census fills ``allocated`` only every k
+    # steps), with the request and time (the server's monotonic clock) it was read at: a client
+    # such as ``loadtest`` tells a fresh reading from the same value shown again (owner: h12).
+    latest: dict[str, Any] = {"request": samples[-1].request if samples else None}
+    at_request: dict[str, int | None] = {}
+    at_time: dict[str, float | None] = {}
+    for name in _MEMORY:
+        found = next((s for s in reversed(samples) if getattr(s, name) is not None), None)
+        latest[name] = None if found is None else getattr(found, name)
+        at_request[name] = None if found is None else found.request
+        at_time[name] = None if found is None else found.time
+    latest["read_at_request"] = at_request
+    latest["read_at"] = at_time
+    return latest
 
 
 def _finite(value: float | None) -> float | None:
