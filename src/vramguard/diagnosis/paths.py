@@ -14,6 +14,7 @@ diagnosis must not become the leak.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
@@ -82,6 +83,15 @@ class PathFinder:
                 if m is not None and hasattr(m, "__dict__")}
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_DEMO = os.path.join(_PACKAGE, "demo", "")
+
+
+def _own_code(filename: str) -> bool:
+    """True for vramguard's own source files (its bundled demo plays user code)."""
+    return filename.startswith(_PACKAGE) and not filename.startswith(_DEMO)
+
+
 class _Search:
     def __init__(self, finder: PathFinder, target: Any, describe: str, ignore: set[int]) -> None:
         self.finder = finder
@@ -96,7 +106,9 @@ class _Search:
         for ident, frame in sys._current_frames().items():
             f: types.FrameType | None = frame
             while f is not None:
-                if ident == current:
+                # vramguard's own frames in other threads too (a census running in the training
+                # thread while the Guard's analysis runs in its own): never a root (h10).
+                if ident == current or _own_code(f.f_code.co_filename):
                     self.own_frames.add(id(f))
                 else:
                     self.thread_frames[id(f)] = names.get(ident, f"thread {ident}")
