@@ -1,7 +1,8 @@
 """A FastAPI model server with one leaking and one clean endpoint, guarded by vramguard.
 
+Needs:    pip install -e '.[examples]'   (fastapi, uvicorn; from the repository root)
 Run it:   uvicorn examples.fastapi_app:app --port 8000
-Load it:  vramguard loadtest http://127.0.0.1:8000/predict/leaky --requests 200
+Load it:  vramguard loadtest http://127.0.0.1:8000/predict/leaky --requests 300   (LEAK, exit 1)
 Look:     curl 127.0.0.1:8000/vramguard/status   (status is on here; keep it off in production)
 """
 
@@ -39,4 +40,7 @@ def create_app(**guard_options: Any) -> FastAPI:
     return app
 
 
-app = create_app()
+# A dense guard (a reading at every request, whatever it costs) so that a load test of a few
+# hundred requests has the fresh readings a verdict needs; a production server keeps the default
+# overhead_budget and gets its verdict over a longer time.
+app = create_app(overhead_budget=None)

@@ -7,6 +7,16 @@ it helps, a hint.
 
 from __future__ import annotations
 
+# The exit codes every command shares (the README's one table); supervise adds its own (75, and
+# the command's status, 126, 127). Only ``commands.main.main`` and the commands return them.
+EXIT_OK = 0
+EXIT_LEAK = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+EXIT_TARGET = 4
+EXIT_INCONCLUSIVE = 5
+EXIT_INTERRUPTED = 130
+
 
 class VramguardError(Exception):
     """Root of every error vramguard raises on purpose."""
@@ -82,3 +92,14 @@ class GpuLost(NvmlError):
         super().__init__(message, code=code, hint="check `dmesg` for Xid errors; the GPU "
                          "usually needs a reset or a reboot")
         self.index = index
+
+
+class LeakDetected(VramguardError):
+    """A training callback found a leak and was asked to raise (``on_leak="raise"``); ``report``
+    is the :class:`vramguard.Report` (issue 10, h10)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

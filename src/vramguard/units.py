@@ -39,7 +39,11 @@ class Percent:
 
 
 def parse_size(text: str, *, allow_percent: bool = False) -> int | Percent:
-    """Parse ``20GiB``, ``512MB``, ``1048576`` (bytes) or, when allowed, ``90%``."""
+    """Parse ``20GiB``, ``512MB``, ``1048576`` (bytes) or, when allowed, ``90%``.
+
+    Where a percentage is allowed a bare number is refused (``90``: 90% or 90 bytes?), with a
+    hint naming both.
+    """
     percent = _PERCENT_RE.match(text)
     if percent:
         value = float(percent.group(1))
@@ -50,6 +54,11 @@ def parse_size(text: str, *, allow_percent: bool = False) -> int | Percent:
         return Percent(value)
     match = _SIZE_RE.match(text)
     unit = match.group(2).lower() if match else None
+    if match and allow_percent and not unit:
+        # "--threshold 90" is far more likely 90% than 90 bytes: say so rather than guess.
+        number = match.group(1)
+        raise UsageError(f"expected a size with a unit or a percentage, got {text!r}",
+                         hint=f"write {number}% for a share, or {number}B for bytes")
     if not match or unit not in _SIZE_UNITS:
         expected = "a size like 20GiB, 512MB or 90%" if allow_percent else "a size like 20GiB or 512MB"
         raise UsageError(f"expected {expected}, got {text!r}")
@@ -69,6 +78,14 @@ def parse_duration(text: str) -> float:
     if not match:
         raise UsageError(f"expected a duration like 0.5s, 30s, 5m or 1h, got {text!r}")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_interval(option: str, text: str) -> float:
+    """A sampling interval: a positive duration. One rule for every command that samples."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise UsageError(f"expected {option} to be a positive duration like 0.5s or 1s, got {text!r}")
+    return seconds
 
 
 _BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -37,9 +38,9 @@ if role == "child":
     spawn("stubborn")
     spawn("escaper")
     note()
-    for _ in range(200):  # wait until the whole family has logged itself
-        if len(open(log).read().splitlines()) >= 4:
-            break
+    # Wait until the whole family has logged itself (a count, not a time: a loaded machine may
+    # take long to start four Pythons; linger() bounds the rest).
+    while len(open(log).read().splitlines()) < 4:
         time.sleep(0.05)
     if sys.argv[3] == "exit":
         sys.exit(0)
@@ -59,6 +60,10 @@ elif role == "escaper":
 """
 
 FAMILY_SIZE = 4
+# Failure detectors only, never what a result depends on: far above what a loaded machine needs,
+# and below the family's own 60 s linger, so a process nobody killed is still caught alive.
+START_CAP_S = 120.0
+DEATH_CAP_S = 30.0
 
 
 def family_pids(log: Path) -> dict[str, int]:
@@ -66,7 +71,7 @@ def family_pids(log: Path) -> dict[str, int]:
 
 
 def wait_for_family(log: Path, proc: subprocess.Popen[str] | None = None) -> dict[str, int]:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + START_CAP_S
     while not log.exists() or len(log.read_text().splitlines()) < FAMILY_SIZE:
         assert time.monotonic() < deadline, "the family never started"
         if proc is not None:
@@ -93,7 +98,24 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
+def wait_until_dead(pids: dict[str, int]) -> None:
+    """Block until each process has exited, on the kernel's word (a pidfd turns readable when its
+    process ends): SIGKILL is delivered asynchronously, and a killed process that is no child of
+    ours is reaped by init whenever it gets to it. An event, not a poll against a deadline."""
+    for pid in pids.values():
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # already gone (and reaped)
+        try:
+            ready, _, _ = select.select([fd], [], [], DEATH_CAP_S)
+            assert ready, f"pid {pid} still alive {DEATH_CAP_S:.0f} s after the supervisor ended"
+        finally:
+            os.close(fd)
+
+
 def assert_all_gone(pids: dict[str, int], pgid: int) -> None:
+    wait_until_dead(pids)
     survivors = {role: pid for role, pid in pids.items() if alive(pid)}
     assert not survivors, f"orphans left behind: {survivors}"
     assert not live_group_members(pgid)
@@ -128,7 +150,7 @@ def test_forwarded_sigterm_leaves_no_orphans(family: Path, tmp_path: Path) -> No
     pids = wait_for_family(log, proc)
     try:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+        _, stderr = proc.communicate(timeout=START_CAP_S)
         assert proc.returncode == 128 + signal.SIGTERM, stderr
         assert_all_gone(pids, pgid=pids["child"])
         # the stubborn grandchild needed SIGKILL; the escaper was found outside the group
@@ -143,7 +165,7 @@ def test_leftovers_of_a_command_that_exits_are_stopped(family: Path, tmp_path: P
     proc = run_cli(family, log, "--restart", "never", mode="exit")
     pids = wait_for_family(log)
     try:
-        _, stderr = proc.communicate(timeout=20)
+        _, stderr = proc.communicate(timeout=START_CAP_S)
         assert proc.returncode == 0, stderr  # the command's own status
         assert "leftover process" in stderr
         assert_all_gone(pids, pgid=pids["child"])
@@ -158,7 +180,7 @@ def test_rss_is_summed_over_the_tree_and_the_limit_kill_leaves_no_orphans(
     log = tmp_path / "pids.log"
     proc = run_cli(family, log, "--max-rss", "25MiB", "--restart", "never")
     try:
-        _, stderr = proc.communicate(timeout=20)
+        _, stderr = proc.communicate(timeout=START_CAP_S)
         assert proc.returncode == 75, stderr
         breach = next(line for line in stderr.splitlines() if "above the limit" in line)
         processes = int(breach.rsplit(" in ", 1)[1].split()[0])
@@ -190,10 +212,7 @@ def test_the_supervisors_own_error_still_kills_the_tree(family: Path, tmp_path: 
         with pytest.raises(RuntimeError, match="probe failed"):
             supervisor.run()
         pids = family_pids(log)
-        deadline = time.monotonic() + 5  # SIGKILL is asynchronous for processes we do not reap
-        while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert_all_gone(pids, pgid=pids["child"])
+        assert_all_gone(pids, pgid=pids["child"])  # waits for the kernel to end them
     finally:
         supervisor.close()
         if log.exists():

@@ -85,7 +85,11 @@ def write(tmp_path: Path, name: str, source: str) -> Path:
     return path
 
 
-def supervise(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+# A failure detector, not a deadline results depend on: generous for a loaded machine.
+CAP_S = 120
+
+
+def supervise(*args: str, timeout: float = CAP_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "vramguard", "supervise", *args],
                           capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -186,7 +190,7 @@ def _start_and_wait_ready(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen
     proc = subprocess.Popen([sys.executable, "-m", "vramguard", "supervise", *FAST, *extra,
                              "--", sys.executable, str(sleeper), str(ready)],
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + CAP_S
     while not ready.exists():
         assert time.monotonic() < deadline, "the child never became ready"
         assert proc.poll() is None, proc.communicate()[1]
@@ -202,7 +206,7 @@ def test_sigint_and_sigterm_are_forwarded_and_the_childs_status_returned(
     proc, _ = _start_and_wait_ready(tmp_path, "--restart", "always")
     child_pid = psutil.Process(proc.pid).children()[0].pid
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=15)
+    _, stderr = proc.communicate(timeout=CAP_S)
     assert proc.returncode == status, stderr
     assert f"received {sig.name}; passed it on to process group {child_pid}" in stderr
     assert ": restart " not in stderr  # a stop request is not a crash, even with --restart always
@@ -250,16 +254,16 @@ def test_supervise_help_documents_exit_codes() -> None:
 
 
 def test_a_stop_signal_during_the_backoff_delay_ends_the_supervisor(tmp_path: Path) -> None:
+    # A backoff of an hour: ending within the cap at all shows it was not sat out, and the
+    # message shows where the signal landed; no elapsed-time assertion.
     proc = subprocess.Popen([sys.executable, "-m", "vramguard", "supervise", "--restart",
-                             "always", "--backoff", "30s", "--", sys.executable, "-c", "pass"],
-                            stderr=subprocess.PIPE, text=True)
+                             "always", "--backoff", "1h", "--backoff-max", "1h", "--", sys.executable,
+                             "-c", "pass"], stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    started = time.monotonic()
     for line in proc.stderr:  # bounded by the child: it exits at once, then the restart line
         if ": restart 1/" in line:
             break
     proc.send_signal(signal.SIGTERM)
-    _, rest = proc.communicate(timeout=10)
+    _, rest = proc.communicate(timeout=CAP_S)
     assert proc.returncode == 128 + signal.SIGTERM, rest
     assert "while waiting to restart" in rest
-    assert time.monotonic() - started < 10  # did not sit out the 30 s backoff

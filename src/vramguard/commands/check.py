@@ -1,7 +1,8 @@
 """``vramguard check TARGET``: call a function N times and say whether memory leaks.
 
 Exit codes: 0 no leak (cache growth and fragmentation are warnings), 1 leak, 2 usage error,
-3 environment error (e.g. CUDA asked for but not available), 4 the target raised.
+3 environment error (e.g. CUDA asked for but not available), 4 the target raised or exited,
+5 inconclusive (too few readings: the message says how many more requests would help).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import sys
 
 import click
 
+from vramguard.commands._evidence import readings_after_warmup, requests_needed
 from vramguard.commands._output import (
+    Calls,
+    check_device,
     check_report_path,
     finish,
     progress_bar,
@@ -19,7 +23,6 @@ from vramguard.commands._output import (
     write_report,
 )
 from vramguard.errors import TargetFailed, UsageError
-from vramguard.readers.device import parse_device
 
 
 def _warmup(value: str) -> int | None:
@@ -51,30 +54,45 @@ def check(target: str, requests: int, warmup: str, device: str, as_json: bool, q
     """Call TARGET (file.py:func or package.module:func) once per request and judge its memory.
 
     \b
-    Exit codes: 0 no leak, 1 leak, 2 usage error, 3 environment error, 4 the target raised.
+    Exit codes: 0 no leak, 1 leak, 2 usage error, 3 environment error, 4 the target raised
+    or exited, 5 inconclusive.
     """
     from vramguard.runner import run_check
-    from vramguard.target import load_target
+    from vramguard.target import exited, load_target, missing_torch
 
     if requests < 1:
         raise UsageError(f"expected --requests to be a positive number, got {requests}")
     warmup_value = _warmup(warmup)
     check_report_path(report)
-    parse_device(device)
+    check_device(device)
+    diagnosis_requests = 0 if diagnose == "never" else 30
+    calls: Calls | None = None
     try:
         # With --json, stdout carries exactly one document: whatever the target prints goes to
         # stderr instead.
         quiet_stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
         with quiet_stdout:
-            function = load_target(target)
-        with quiet_stdout, progress_bar(requests, enabled=not quiet and not as_json) as progress:
-            result = run_check(target, function, requests=requests, warmup=warmup_value,
+            calls = Calls(load_target(target), requests)
+        with quiet_stdout, progress_bar(requests, enabled=not quiet and not as_json, calls=calls,
+                                        diagnosis_requests=diagnosis_requests) as progress:
+            result = run_check(target, calls, requests=requests, warmup=warmup_value,
                                device=device, progress=progress,
-                               diagnosis_requests=0 if diagnose == "never" else 30,
+                               diagnosis_requests=diagnosis_requests,
                                track_sites=diagnose == "always")
+    except SystemExit as exc:  # the runner passes it on (it is no Exception): still the target's
+        done = 0 if calls is None else calls.completed
+        error = exited(target, exc, completed=done, where=f"on request {done}")
+        report_target_failure(error)
+        raise error from exc
     except TargetFailed as error:
+        torch_missing = missing_torch(error.__cause__) if error.__cause__ else None
+        if torch_missing is not None:
+            raise torch_missing from error
         report_target_failure(error)
         raise
     if report is not None:
         write_report(result, report)
-    return finish(result, as_json=as_json, quiet=quiet)
+    needed = requests_needed(requests=requests, warmup=result.warmup,
+                             readings=readings_after_warmup(result.samples, result.warmup),
+                             auto_warm=warmup_value is None)
+    return finish(result, as_json=as_json, quiet=quiet, needed=needed)

@@ -26,7 +26,7 @@ from vramguard.supervise import (
     Supervisor,
     TreeProbe,
 )
-from vramguard.units import Percent, parse_duration, parse_size
+from vramguard.units import Percent, parse_duration, parse_interval, parse_size
 
 
 def parse_signal(text: str) -> signal.Signals:
@@ -164,7 +164,7 @@ def supervise(
         "grace": _duration("--grace", grace),
         "dump_wait": _duration("--dump-wait", dump_wait),
         "window": _duration("--window", window, positive=True),
-        "interval": _duration("--interval", interval, positive=True),
+        "interval": parse_interval("--interval", interval),
     }
     backoff_value = Backoff(initial=_duration("--backoff", backoff),
                             maximum=_duration("--backoff-max", backoff_max))

@@ -19,6 +19,7 @@ class Cause(enum.StrEnum):
     HOOK_RETENTION = "hook_retention"
     REFERENCE_CYCLE = "reference_cycle"
     WORKER_PROCESS_GROWTH = "worker_process_growth"
+    OUTPUT_CACHE = "output_cache"  # IPython's Out/_N: set by vramguard.ipython, not by classify
     UNKNOWN = "unknown"
 
 

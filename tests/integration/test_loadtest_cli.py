@@ -1,0 +1,267 @@
+"""`vramguard loadtest` through the real CLI against real uvicorn servers on 127.0.0.1.
+
+Never a false "no leak": a wrong path, a status without fresh readings or a failing status
+endpoint give no verdict (exit 3, one line, no traceback); a run cut short still gives the verdict
+over what it measured, marked partial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    p for p in (str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)}
+
+# A per-input cache: only varying bodies make it grow (the leak --body-template can drive).
+CACHE_APP = """
+    import torch
+    from fastapi import FastAPI, Request
+    from vramguard.asgi import VramGuardMiddleware
+
+    cache = {}
+    app = FastAPI()
+
+    @app.post("/embed")
+    async def embed(request: Request):
+        key = (await request.json())["user"]
+        if key not in cache:
+            cache[key] = torch.randn(64, 64)
+        return {"n": len(cache)}
+
+    app.add_middleware(VramGuardMiddleware, device="cpu", expose_status=True,
+                       overhead_budget=None, diagnose_requests=0)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(argv: list[str], port: int, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (a file, not a pipe: never blocks the server)
+    process = subprocess.Popen(argv, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=log)
+    for _ in range(600):  # until it listens (a bound on polls, not a verdict on speed)
+        if process.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"server died: {log.read().decode()[-2000:]}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/vramguard/healthz", timeout=5)
+            log.close()
+            return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("server did not start")
+
+
+def example_server(options: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    code = ("import uvicorn; from examples.fastapi_app import create_app; "
+            f"uvicorn.run(create_app({options}), host='127.0.0.1', port={port}, "
+            "log_level='warning')")
+    return start([sys.executable, "-c", code], port), f"http://127.0.0.1:{port}"
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def dense() -> Iterator[str]:
+    # A dense guard (overhead_budget=None): a fresh reading at every request.
+    process, base = example_server("device='cpu', overhead_budget=None, diagnose_requests=0")
+    try:
+        yield base
+    finally:
+        stop(process)
+
+
+def loadtest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vramguard", "loadtest", *args],
+                          capture_output=True, text=True, timeout=240, env=ENV, check=False)
+
+
+def test_clean_route_is_no_leak_over_fresh_readings(dense: str) -> None:
+    result = loadtest(f"{dense}/predict/clean/1", "--requests", "60", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["verdict"] == "no_leak"
+    fresh = int(document["reason"].split("[")[1].split(" fresh")[0])
+    assert fresh == 60, document["reason"]  # every request read, each reading counted once
+
+
+def test_leaky_route_is_a_leak(dense: str) -> None:
+    result = loadtest(f"{dense}/predict/leaky", "--requests", "60", "--concurrency", "2")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("LEAK GET ")
+    assert "fresh memory readings" in result.stdout
+
+
+def test_a_path_that_does_not_exist_gives_no_verdict(dense: str) -> None:
+    result = loadtest(f"{dense}/predict", "--requests", "40")
+    assert result.returncode == 3
+    assert "40 of 40 requests failed (by status: 404: 40)" in result.stderr
+    assert "wrong path" in result.stderr
+    assert "NO_LEAK" not in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_mostly_rejected_requests_give_no_verdict_and_json_says_so(dense: str) -> None:
+    result = loadtest(f"{dense}/predict/clean/notanumber", "--requests", "30", "--json")
+    assert result.returncode == 3
+    document = json.loads(result.stdout)
+    assert document["schema"] == "vramguard.error/1"
+    assert document["exit_code"] == 3
+    assert "422: 30" in document["message"]
+
+
+@pytest.mark.parametrize(("path", "needle"), [
+    ("/vramguard/metrics", "did not answer JSON"),
+    ("/predict/clean/notanumber", "answered 422"),
+    ("/openapi.json", "without a 'memory' block"),
+    ("/nowhere", "answered 404"),
+])
+def test_status_endpoint_errors_are_one_line(dense: str, path: str, needle: str) -> None:
+    result = loadtest(f"{dense}/predict/clean/1", "--requests", "5", "--status-url",
+                      f"{dense}{path}")
+    assert result.returncode == 3, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_a_status_endpoint_that_never_answers_times_out() -> None:
+    with socket.socket() as silent:  # listens, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = loadtest(f"{url}/x", "--requests", "5", "--timeout", "0.5s")
+    assert result.returncode == 3
+    assert "did not answer in time" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_default_sparse_guard_is_never_a_pass() -> None:
+    # The README's example server as shipped (overhead_budget default): its status repeats the
+    # last census value; those repeats are no evidence.
+    process, base = example_server("device='cpu'")
+    try:
+        result = loadtest(f"{base}/predict/leaky", "--requests", "100")
+    finally:
+        stop(process)
+    assert result.returncode in (3, 5), (result.stdout, result.stderr)
+    assert "NO_LEAK" not in result.stdout
+    assert "overhead_budget" in result.stderr or "more requests would help" in result.stderr
+
+
+def test_varying_bodies_drive_a_per_input_cache(tmp_path: Path) -> None:
+    (tmp_path / "cacheapp.py").write_text(textwrap.dedent(CACHE_APP))
+    bodies = tmp_path / "bodies.jsonl"
+    bodies.write_text('{"user": "a"}\n{"user": "b"}\n\n{"user": "c"}\n')
+    port = free_port()
+    process = start([sys.executable, "-m", "uvicorn", "cacheapp:app", "--app-dir", str(tmp_path),
+                     "--port", str(port), "--log-level", "warning"], port, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}/embed"
+    try:
+        cycled = loadtest(url, "-X", "POST", "-H", "Content-Type: application/json",
+                          "--bodies", str(bodies), "--requests", "60", "--json")
+        varied = loadtest(url, "-X", "POST", "-H", "Content-Type: application/json",
+                          "--body-template", '{"user": "u{i}-{uuid}"}', "--requests", "60",
+                          "--json")
+        count = httpx.post(url, json={"user": "a"}, timeout=10).json()["n"]
+    finally:
+        stop(process)
+    assert cycled.returncode == 0, cycled.stderr
+    assert json.loads(cycled.stdout)["verdict"] == "no_leak"
+    assert varied.returncode == 1, varied.stderr
+    assert json.loads(varied.stdout)["verdict"] == "leak"
+    assert count == 3 + 60  # three cycled users, then one new user per templated request
+
+
+def test_bodies_file_must_be_json_lines(dense: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ok": 1}\nnot json\n')
+    result = loadtest(f"{dense}/predict/clean/1", "--bodies", str(bad))
+    assert result.returncode == 2
+    assert "line 2 is not JSON" in result.stderr
+
+
+def server_requests(base: str) -> int:
+    return int(httpx.get(f"{base}/vramguard/status", timeout=60).json()["requests"])
+
+
+def wait_for_server_requests(base: str, at_least: int) -> None:
+    for _ in range(3000):  # polls, not seconds: the run is cut once the server has done the work
+        if server_requests(base) >= at_least:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the server never reached {at_least} requests")
+
+
+def cut_short(base: str, cut: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str, str]:
+    start = server_requests(base)
+    run = subprocess.Popen([sys.executable, "-m", "vramguard", "loadtest",
+                            f"{base}/predict/leaky", "--requests", "1000000", "--sample-every",
+                            "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=ENV)
+    wait_for_server_requests(base, start + 100)
+    cut(run)
+    out, err = run.communicate(timeout=240)
+    return run.returncode, out, err
+
+
+def test_a_run_cut_short_prints_the_partial_verdict() -> None:
+    process, base = example_server("device='cpu', overhead_budget=None, diagnose_requests=0")
+    try:
+        interrupted = cut_short(base, lambda run: run.send_signal(signal.SIGINT))
+        gone = cut_short(base, lambda run: stop(process))
+    finally:
+        if process.poll() is None:
+            stop(process)
+    for (code, out, err), by_ctrl_c in ((interrupted, True), (gone, False)):
+        assert code == 1, (out, err)  # the leak over the 100+ readings it had
+        assert out.startswith("LEAK GET ")
+        assert "(partial)" in out
+        assert "partial: the run stopped early" in out
+        assert "loadtest: partial: " in err
+        assert ("loadtest: partial: interrupted" in err) == by_ctrl_c, err
+        assert "Traceback" not in err
+
+
+def test_httpx_missing_is_an_environment_error(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "httpx" or name.startswith("httpx."):
+                    raise ImportError("httpx blocked for this test")
+                return None
+        sys.meta_path.insert(0, _Block())
+    """))
+    env = {**ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ENV['PYTHONPATH']}"}
+    result = subprocess.run([sys.executable, "-m", "vramguard", "loadtest", "http://127.0.0.1:9/x"],
+                            capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert result.returncode == 3
+    assert "pip install 'vramguard[loadtest]'" in result.stderr
+    assert "Traceback" not in result.stderr
