@@ -129,6 +129,16 @@ class HeapSnapshot:
         found = self._depth.get(id(self._aliases.get(id(obj), obj)), -1)
         return None if found < 0 else found
 
+    def rank(self, obj: Any) -> tuple[int, int] | None:
+        """(depth, place in the walk's level): the walk's order, the same for the same heap
+        whatever the order the caller found its objects in (None: not reached)."""
+        obj = self._aliases.get(id(obj), obj)
+        depth = self._depth.get(id(obj), -1)
+        if depth < 0:
+            return None
+        place = next((i for i, o in enumerate(self._levels[depth]) if o is obj), None)
+        return None if place is None else (depth, place)
+
     def reached(self, obj: Any) -> bool:
         """True when a named root reaches ``obj`` (or, for a saved tensor, its storage view)."""
         return self._depth.get(id(self._aliases.get(id(obj), obj)), -1) >= 0
