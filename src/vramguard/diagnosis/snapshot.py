@@ -364,14 +364,21 @@ def _next_level(level: list[Any], number: int, kinds: _Kinds, depth: dict[int, i
         special.extend(itertools.compress(
             chunk, map((2).__eq__, map(kinds.__getitem__, map(type, chunk)))))
         children = gc.get_referents(*chunk)
-        kept = dict(zip(map(id, children), children, strict=True))
-        del children, chunk
-        fresh = [obj for key, obj in kept.items() if key not in depth and kinds[type(obj)]
-                 and not (type(obj) is types.FrameType and is_own_code(obj.f_code.co_filename))]
-        kept.clear()
-        depth.update(dict.fromkeys(map(id, fresh), number))
-        nxt.extend(fresh)
-        del fresh
+        del chunk
+        # One big container (a list of 300k records) gives 300k referents: the bookkeeping is
+        # chunked too, so no single C call runs over all of them.
+        for low in range(0, len(children), _CHUNK):
+            part = children[low:low + _CHUNK]
+            kept = dict(zip(map(id, part), part, strict=True))
+            del part
+            fresh = [obj for key, obj in kept.items() if key not in depth and kinds[type(obj)]
+                     and not (type(obj) is types.FrameType
+                              and is_own_code(obj.f_code.co_filename))]
+            kept.clear()
+            depth.update(dict.fromkeys(map(id, fresh), number))
+            nxt.extend(fresh)
+            del fresh
+        del children
     for obj in special:
         for child, edge in _extra_edges(obj, saved_attrs):
             if id(child) in depth or not kinds[type(child)]:
