@@ -47,8 +47,13 @@ def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 def _bodies(path: Path) -> tuple[bytes, ...]:
     """One JSON body per non-empty line of a .jsonl file (cycled by the load)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"expected --bodies {str(path)!r} to be a readable UTF-8 .jsonl file: "
+                         f"{error}") from None
     bodies = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
