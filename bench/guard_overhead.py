@@ -39,7 +39,7 @@ def cpu(requests: int, chunk: int = 500) -> None:
             request()
     # steady state: the guard's own accounting from here on (the first census, a one-off of a
     # few ms at step 16, is excluded; a long-running service amortises it to nothing)
-    spent0, busy0 = guard._spent_s, guard._busy_s
+    spent0, busy0 = guard._account.spent_s, guard._account.busy_s
     bare_times: list[float] = []
     guard_times: list[float] = []
     for _ in range(requests // chunk):
@@ -58,7 +58,7 @@ def cpu(requests: int, chunk: int = 500) -> None:
           f"({requests} each, interleaved chunks of {chunk})")
     chunk_ratio = statistics.median(g / b for g, b in zip(guard_times, bare_times, strict=True))
     print(f"wall-clock ratio guarded/bare = {guarded / bare:.4f} (median chunk ratio {chunk_ratio:.4f})")
-    steady = (guard._spent_s - spent0) / (guard._busy_s - busy0)
+    steady = (guard._account.spent_s - spent0) / (guard._account.busy_s - busy0)
     print(f"guard's own accounting: {steady * 100:.3f}% of step time spent reading memory in the "
           f"timed part ({guard.overhead * 100:.3f}% including warm-up); {len(guard.samples)} samples kept")
     empty = Guard(device="cpu")

@@ -1,9 +1,15 @@
 """The Guard: wrap each request or training step, get a leak verdict at any time.
 
-Per-step cost is a clock read, a lock and a counter; memory is read only every ``k`` steps, with
-``k`` chosen from the measured cost of a read and the measured length of a step so the guard stays
-inside its overhead budget (1% by default). ``check`` runs with ``overhead_budget=None``: it reads
-after every step, because its job is a verdict in as few requests as possible.
+Per-step cost is two clock reads and a counter; memory is read every ``k`` steps, with ``k``
+chosen from the measured cost of a read and the measured length of a step so the guard stays
+inside its overhead budget (1% by default). The read is cheap on every device: CUDA's allocator
+counters, or on CPU the C heap's in-use bytes (:mod:`vramguard.readers.heap`). The live-tensor
+census is the explanation tool, not the signal: a grouped one after warm-up (the baseline of the
+tensor diff) and bytes-only ones when the heap grew, each only once the budget has earned its
+cost (:class:`vramguard.sampling.Budget`). Where the heap counter is unavailable the census is
+the CPU signal again, at the cadence the budget affords, and ``guard.signal_note`` says so.
+``check`` runs with ``overhead_budget=None``: it reads after every step, because its job is a
+verdict in as few requests as possible.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import gc
 import inspect
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -22,38 +27,26 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict, decide
+from vramguard.distributed.groups import GroupCounts
 from vramguard.readers.census import Census, TensorGroup, diff_groups
 from vramguard.readers.device import Device, resolve_device
+from vramguard.readers.rank import RankIdentity, read_identity
 from vramguard.readers.sampler import Sampler
+from vramguard.sampling import Budget, History
 
 if TYPE_CHECKING:
     from vramguard.oom import OomWatch
 
 _log = logging.getLogger("vramguard")
 F = TypeVar("F", bound=Callable[..., Any])
-_CLIMB_BYTES = 8 << 20
-
-
-class _SampleBuffer:
-    """Bounded history: when full, keep every other sample and accept new ones half as often.
-
-    A guard runs for weeks; this keeps the whole run in view at decreasing resolution, in
-    ``capacity`` samples at most.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(16, capacity)
-        self.samples: list[Sample] = []
-        self.min_gap = 1
-
-    def add(self, sample: Sample) -> None:
-        too_close = bool(self.samples) and sample.request - self.samples[-1].request < self.min_gap
-        if too_close and sample.allocated is None:
-            return  # thinned away; census samples are rare, so those are always kept
-        self.samples.append(sample)
-        if len(self.samples) >= self.capacity:
-            self.samples = self.samples[::2]
-            self.min_gap *= 2
+_HEAP_STEP = 1 << 20    # heap growth since the last census that makes a new one worth its cost
+_BASELINE_AT = 100      # auto warm-up: the tensor diff's baseline waits out auto_warmup's cap
+_HEAP_FLOOR = 16 << 10  # least heap growth over the verdict's window that can count
+# The guard's own cost is the CPU time of the thread that reads, not wall time: on a loaded
+# machine a read preempted for 3 ms took 3 us from the service, and wall time would charge it
+# 3 ms (and stop reading for thousands of steps). Steps are timed on the wall clock (``clock``).
+_own_time = time.thread_time
+_FIRST_READ = 16        # with a budget, reads begin once the step time is known
 
 
 class Guard:
@@ -61,9 +54,10 @@ class Guard:
 
     ``device``: "auto", "cpu", "cuda", "cuda:1", ... ``overhead_budget``: the share of step time the
     guard may spend reading memory (``None``: read after every step). ``warmup``: requests ignored
-    by the verdict (``None``: automatic). ``census_every``: take the live-tensor census every N
-    steps instead of as often as the budget allows. ``clock`` and ``sampler`` (what reads memory) are
-    injectable for tests and custom readers.
+    by the verdict (``None``: automatic). ``census_every``: where the census is the signal (no
+    heap counter on this CPU), take it every N steps instead of as often as the budget allows;
+    with a cheap counter censuses are taken when they explain something. ``clock`` and
+    ``sampler`` (what reads memory) are injectable for tests and custom readers.
     ``oom_report``: a file to write the OOM post-mortem to when an out-of-memory error leaves a
     step (and, on CUDA, when the allocator runs out anywhere); see :mod:`vramguard.oom`.
     """
@@ -91,25 +85,25 @@ class Guard:
         self._warmup = warmup
         self._clock = clock
         self._lock = threading.Lock()
-        self._buffer = _SampleBuffer(max_samples)
+        self._history = History(max_samples)
         self._counter = itertools.count(1)
-        self._step_time = 0.0  # EWMA of one step's duration, seconds
-        self._read_cost = 0.0  # EWMA of one cheap read
-        self._census_cost = 0.0
-        self._busy_s = 0.0  # total time spent inside steps
-        self._spent_s = 0.0  # total time the guard itself spent reading memory
-        # With a budget, the first read waits until the step time is known (16 steps), so the
-        # first census does not land on a guess; without one (check), read from the first step.
-        self._next_read = self._next_census = 1 if overhead_budget is None else 16
+        self._account = Budget(overhead_budget)
+        # With a budget, the first read waits until the step time is known, so the read period
+        # does not start from a guess; without one (check), read from the first step.
+        self._next_read = 1 if overhead_budget is None else _FIRST_READ
+        self._next_census = 1  # census_every's cadence (when given)
         self._sampling = False
         self._failed = False
-        self._used_at_census: int | None = None
-        self._first_census: Census | None = None
+        self._heap_at_census: int | None = None
+        self._last_allocated: int | None = None
+        self._early: Census | None = None  # the diff's stand-in baseline before step 100
         self._baseline: Census | None = None
         self._latest: Census | None = None
         self._verdict: Verdict | None = None
         self._verdict_key: tuple[int, int] = (-1, -1)
         self._oom: OomWatch | None = None
+        # Live process groups at each sample (vramguard.distributed judges their growth).
+        self.process_groups = GroupCounts(max_samples // 2)
         if oom_report is not None:
             from vramguard.oom import on_oom
 
@@ -153,9 +147,7 @@ class Guard:
         # is due, to elect the one thread that reads.
         now = self._clock()
         request = next(self._counter)
-        elapsed = now - started
-        self._busy_s += elapsed
-        self._step_time += (elapsed - self._step_time) * (0.05 if request > 1 else 1.0)
+        self._account.record_step(now - started, request == 1)
         if request < self._next_read or self._sampling or self._failed:
             return
         with self._lock:
@@ -174,70 +166,101 @@ class Guard:
 
     # -- reading --------------------------------------------------------------------------------
     def _sample(self, request: int, now: float) -> None:
-        began = time.perf_counter()
+        began = _own_time()
+        account = self._account
+        # The sample's few objects must not be what trips a garbage collection of the whole heap
+        # (milliseconds, owed to the service's own allocations): collection waits for the next
+        # allocation of the service, which would have triggered it a moment later anyway.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            census = None
-            if request + 1 >= self._next_census:
-                # Routine censuses count bytes only; the tensor diff needs grouped ones, which
-                # are taken for its baseline here and for its other end in growing_tensors().
-                census = self._sampler.census(groups=self._needs_baseline(request))
-                self._census_cost = _ewma(self._census_cost, census.duration_s)
-            started = time.perf_counter()
+            if account.overdrawn():
+                self._next_read = request + 1 + account.read_period()
+                return
+            census = self._census_if_due(request)
+            started = _own_time()
             sample = self._sampler.read(request, now, census)
-            self._read_cost = _ewma(self._read_cost, time.perf_counter() - started)
+            account.read_took(_own_time() - started)
+            self._last_allocated = sample.allocated
+            self.process_groups.note(request)  # ~1 us; nothing outside a distributed job
             with self._lock:
-                self._buffer.add(sample)
+                self._history.add(sample, census=census is not None)
                 if census is not None:
-                    self._keep_census(census, request)
-                    self._used_at_census = sample.device_used
-                    self._next_census = request + 1 + (
-                        self._census_every or self._period(self._census_cost, share=0.35))
-                elif self._climbing(sample.device_used) and self._census_every is None:
-                    self._next_census = request + 1  # a cheap signal climbs: look closer now
-                self._next_read = request + 1 + self._period(self._read_cost, share=0.35)
+                    self._heap_at_census = sample.allocated
+                    if census.grouped:
+                        if self._warmup is None and self._early is None:
+                            self._early = census
+                        else:
+                            self._baseline = self._baseline or census
+                        self._latest = census
+                self._next_read = request + 1 + account.read_period()
         except Exception:  # the guard must never break the service it watches
             self._failed = True
             _log.warning("vramguard: reading memory failed; the guard stops sampling", exc_info=True)
         finally:
-            self._spent_s += time.perf_counter() - began
+            if collecting:
+                gc.enable()
+            account.paid(_own_time() - began)
             self._sampling = False
 
-    def _climbing(self, used: int | None) -> bool:
-        # RSS (CPU) or driver-level use (CUDA) is read every few steps for almost nothing; when it
-        # has climbed 8 MiB (or 5%) above its level at the last census, the next read takes a
-        # census early instead of waiting out the budget's period. Each trigger resets the
-        # level, so this costs at most one census per 8 MiB of new high-water mark.
-        if used is None or self._used_at_census is None:
+    def _census_if_due(self, request: int) -> Census | None:
+        """The census this sample needs, if the account pays for it (else None).
+
+        Needed: the grouped baseline of the tensor diff once warm-up is over (always taken in
+        dense mode); then, where the heap counter is the signal, a bytes-only census when the
+        heap grew 1 MiB (or 5%) since the last one, so tensor bytes beside heap bytes tell
+        tensors from everything else; where it is not, a census whenever affordable (or every
+        ``census_every`` steps), since it is the signal. Bytes-only censuses beside the heap
+        counter skip the autograd-graph walk, whose cost grows with what a leak retains: the
+        graph's bytes are in the heap counter already.
+        """
+        step = request + 1
+        account = self._account
+        # With an automatic warm-up, an early baseline stands in until step 100 (a run shorter
+        # than that, or an OOM post-mortem before it, still gets a tensor diff).
+        early = self._warmup is None and self._early is None
+        if self._baseline is None and (early or step >= self._baseline_at()):
+            if self._budget is None or account.census_affordable(scale=1.5):
+                return self._take_census(groups=True, follow_graphs=True)
+            return None
+        if self._sampler.cheap:
+            if not self.device.is_cpu or not self._heap_grew() or not account.census_affordable():
+                return None
+            return self._take_census(groups=False, follow_graphs=False)
+        if self._census_every is not None:
+            if step < self._next_census:
+                return None
+            self._next_census = step + self._census_every
+        elif self._budget is not None and not account.census_affordable():
+            return None
+        return self._take_census(groups=False, follow_graphs=True)
+
+    def _take_census(self, *, groups: bool, follow_graphs: bool) -> Census:
+        started = _own_time()
+        census = self._sampler.census(groups=groups, follow_graphs=follow_graphs)
+        self._account.census_took(_own_time() - started)
+        return census
+
+    def _min_growth(self) -> float:
+        # The heap counter also moves with Python's and the libraries' own allocations (a list
+        # resized, a cache filled): growth under 16 KiB over the window is no evidence of a leak.
+        return _HEAP_FLOOR if self.device.is_cpu and self._sampler.cheap else 0.0
+
+    def _baseline_at(self) -> int:
+        return self._warmup if self._warmup is not None else _BASELINE_AT
+
+    def _heap_grew(self) -> bool:
+        heap, at_census = self._last_allocated, self._heap_at_census
+        if heap is None:
             return False
-        return used - self._used_at_census > max(_CLIMB_BYTES, self._used_at_census // 20)
-
-    def _period(self, cost: float, *, share: float) -> int:
-        # The budget is split: 35% for the cheap reads, 35% for the census, and the rest is
-        # headroom for the fixed cost of a step (~1-2 us) and for cost estimates that lag.
-        if self._budget is None:
-            return 1
-        allowed = self._budget * share * max(self._step_time, 1e-7)
-        return max(1, math.ceil(cost / allowed))
-
-    def _needs_baseline(self, request: int) -> bool:
-        warmup = self._warmup if self._warmup is not None else 0
-        return self._first_census is None or (self._baseline is None and request >= warmup)
-
-    def _keep_census(self, census: Census, request: int) -> None:
-        warmup = self._warmup if self._warmup is not None else 0
-        if not census.grouped:
-            return  # a bytes-only census: it fed the sample, the diff cannot use it
-        if self._first_census is None:
-            self._first_census = census
-        if self._baseline is None and request >= warmup:
-            self._baseline = census
-        self._latest = census
+        return at_census is None or heap - at_census > max(_HEAP_STEP, at_census // 20)
 
     def live_bytes_after_collection(self) -> int | None:
-        """Run a full ``gc.collect()`` and read the live bytes (census on CPU, allocator on
-        accelerators). Costly (a full collection): for reports, never per request."""
+        """Run a full ``gc.collect()`` and read the signal's live bytes (the heap counter on CPU,
+        or the census where it is unavailable; the allocator on accelerators). Costly (a full
+        collection): for reports, never per request."""
         gc.collect()
-        if self.device.is_cpu:
+        if self.device.is_cpu and not self._sampler.cheap:
             return self._sampler.census(groups=False).total_bytes
         return self._sampler.read(self.requests, self._clock()).allocated
 
@@ -249,36 +272,70 @@ class Guard:
         return int(repr(self._counter)[6:-1]) - 1
 
     @property
+    def identity(self) -> RankIdentity:
+        """This process's rank, local rank and world size (read now: ``init_process_group`` may
+        come after the guard); see :mod:`vramguard.readers.rank`."""
+        return read_identity()
+
+    @property
+    def rank(self) -> int | None:
+        """This process's global rank in a distributed job; None outside one."""
+        return self.identity.rank
+
+    @property
+    def local_rank(self) -> int | None:
+        """This process's rank on its node; None when unknown."""
+        return self.identity.local_rank
+
+    @property
+    def world_size(self) -> int | None:
+        """How many processes the job has; None when unknown."""
+        return self.identity.world_size
+
+    @property
     def overhead(self) -> float:
-        """The guard's own reading time as a share of the time spent in steps (0.004 = 0.4%)."""
-        return self._spent_s / self._busy_s if self._busy_s > 0 else 0.0
+        """The guard's own reading time (CPU time of its reads and censuses) as a share of the
+        wall time spent in steps (0.004 = 0.4%)."""
+        return self._account.overhead
 
     @property
     def samples(self) -> tuple[Sample, ...]:
         """The bounded sample history, oldest first."""
         with self._lock:
-            return tuple(self._buffer.samples)
+            return tuple(self._history.samples)
+
+    @property
+    def signal(self) -> str:
+        """What the samples' ``allocated`` measures here (e.g. the native heap on CPU)."""
+        return self._sampler.signal
+
+    @property
+    def signal_note(self) -> str | None:
+        """Why the CPU heap counter is not the signal (None when it is, and on accelerators):
+        the census is then the signal, at the sparser cadence the budget affords."""
+        return self._sampler.fallback_reason
 
     def verdict(self) -> Verdict:
         """The current verdict: cached, and recomputed only when new samples arrived since the
         last call (3-7 ms at the full 512 samples, so a health check may call it freely)."""
         with self._lock:
-            samples = tuple(self._buffer.samples)
+            samples = tuple(self._history.samples)
             key = (len(samples), samples[-1].request if samples else -1)
             if self._verdict is not None and key == self._verdict_key:
                 return self._verdict
-        verdict = decide(samples, warmup=self._warmup)
+        verdict = decide(samples, warmup=self._warmup, min_growth=self._min_growth())
         with self._lock:
             self._verdict, self._verdict_key = verdict, key
         return verdict
 
     def growing_tensors(self, limit: int = 5) -> list[tuple[TensorGroup, int, int]]:
-        """Tensor groups that grew between the first census after warm-up and now.
+        """Tensor groups that grew between the census after warm-up (the baseline) and now; empty
+        while no baseline was affordable yet.
 
         Takes a fresh grouped census (milliseconds): call it for a report, not per request.
         """
         with self._lock:
-            before = self._baseline or self._first_census
+            before = self._baseline or self._early
         if before is None:
             return []
         after = self._sampler.census(groups=True)
@@ -304,11 +361,3 @@ class _Step:
         if error is not None:  # the one test the error-free path pays
             self._guard._step_failed(error)
         self._guard._end_step(self._started)
-
-
-def _ewma(old: float, new: float) -> float:
-    # Machine noise only ever adds time, so a cheaper measurement is believed at once and a
-    # dearer one only gradually: the estimate tracks the real cost, not the worst moments.
-    if old == 0.0 or new < old:
-        return new
-    return old + (new - old) * 0.2

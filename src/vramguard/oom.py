@@ -6,7 +6,9 @@ both also hook the caching allocator's OOM observer, which fires for an OOM *any
 process, before the allocator raises. The error is never swallowed: the report is written and
 the exception continues on its way.
 
-The report is JSON (schema ``vramguard.oom/1``) when the path ends in ``.json``, else text. Writing
+The report is JSON (schema ``vramguard.oom/1``) when the path ends in ``.json``, else text. In a
+distributed job each rank writes its own file, ``oom.txt`` becoming ``oom.rank1.txt``: ranks
+often run out of memory together, and one file would keep only the last writer's report. Writing
 it must not fail the service a second time: every part is best-effort, and a part that cannot be
 read says so in the report.
 """
@@ -59,12 +61,18 @@ def oom_document(
     detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict. Reads the guard and the allocator; never raises."""
+    from vramguard.readers.rank import read_identity
+
     problems: list[str] = []
+    identity = read_identity()
     document: dict[str, Any] = {
         "schema": SCHEMA,
         "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "source": source,
         "pid": os.getpid(),
+        "rank": identity.rank,
+        "local_rank": identity.local_rank,
+        "world_size": identity.world_size,
         "error": None if error is None else {"type": type(error).__name__,
                                              "message": str(error)},
         "detail": detail,
@@ -146,8 +154,10 @@ def _allocator(device: str | None, guard: Guard | None) -> dict[str, Any]:
 
 def render_text(document: dict[str, Any]) -> str:
     """The report for humans: what failed, the verdict so far, suspects, then the allocator."""
+    where = "" if document.get("rank") is None else (
+        f"rank {document['rank']}/{document.get('world_size') or '?'}, ")
     lines = [f"vramguard OOM post-mortem ({document['schema']}) at {document['time']}, "
-             f"pid {document['pid']}, device {document['device'] or 'unknown'}"]
+             f"{where}pid {document['pid']}, device {document['device'] or 'unknown'}"]
     error = document["error"]
     if error is not None:
         lines.append(f"error: {error['type']}: {error['message']}")
@@ -190,8 +200,9 @@ def write_oom_report(
     device: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> Path | None:
-    """Write the report to ``path`` (atomically); the path, or None if even that failed (logged)."""
-    target = Path(path)
+    """Write the report to ``path`` (atomically; per rank in a distributed job, see
+    :func:`rank_path`); the path written, or None if even that failed (logged)."""
+    target = rank_path(Path(path))
     try:
         document = oom_document(source=source, error=error, guard=guard, device=device,
                                 detail=detail)
@@ -206,6 +217,18 @@ def write_oom_report(
         _log.warning("vramguard: could not write the OOM report to %s", target, exc_info=True)
         return None
     return target
+
+
+def rank_path(path: Path, rank: int | None = None) -> Path:
+    """``oom.txt`` -> ``oom.rank1.txt`` for rank 1 (``rank`` None: this process's rank, if it
+    is in a distributed job); unchanged outside one."""
+    if rank is None:
+        from vramguard.readers.rank import read_identity
+
+        rank = read_identity().rank
+    if rank is None:
+        return path
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
 class OomWatch:

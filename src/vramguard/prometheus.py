@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vramguard.analysis.verdict import VerdictKind
+from vramguard.distributed.summary import rank_verdict
 
 if TYPE_CHECKING:
     from vramguard.analysis.samples import Sample
@@ -40,7 +41,9 @@ def _latest(samples: tuple[Sample, ...], field: str) -> int | None:
 
 
 class GuardCollector(Collector):
-    """Exports one guard's memory and verdict as ``vramguard_guard_*`` gauges, labelled ``device``.
+    """Exports one guard's memory and verdict as ``vramguard_guard_*`` gauges, labelled ``device``
+    and, in a distributed job, ``rank`` and ``local_rank`` (so a rule can compare a job's ranks:
+    ``deploy/prometheus/vramguard-rules.yml``, ``VramguardRankOutlier``).
 
     Unknown values (before the first sample, ``reserved`` on CPU) are left out, not exported as 0.
     """
@@ -62,12 +65,15 @@ class GuardCollector(Collector):
 
     def _families(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
         guard = self._guard
-        device = [str(guard.device)]
+        # Rank labels only where known: outside a job the series stay as they were.
+        ranks = guard.identity.labels()
+        names = ["device", *ranks]
+        device = [str(guard.device), *ranks.values()]
         samples = guard.samples
         verdict = guard.verdict()
 
         def gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, documentation, labels=["device"])
+            family = GaugeMetricFamily(name, documentation, labels=names)
             if value is not None:
                 family.add_metric(device, float(value))
             return family
@@ -80,13 +86,16 @@ class GuardCollector(Collector):
         non_torch = None if used is None or torch_bytes is None else used - torch_bytes
         growth = None if verdict.growth is None else verdict.growth.bytes_per_request
         requests = CounterMetricFamily("vramguard_guard_requests",
-                                       "Requests (steps) the guard has seen.", labels=["device"])
+                                       "Requests (steps) the guard has seen.", labels=names)
         requests.add_metric(device, float(guard.requests))
         kinds = GaugeMetricFamily("vramguard_guard_verdict",
                                   "1 for the guard's current verdict, 0 for the others.",
-                                  labels=["device", "verdict"])
+                                  labels=[*names, "verdict"])
+        # process_group_growth is judged beside the memory verdict (vramguard.distributed).
+        shown = rank_verdict(guard).kind
         for kind in VerdictKind:
-            kinds.add_metric([*device, kind.value], 1.0 if kind is verdict.kind else 0.0)
+            kinds.add_metric([*device, kind.value], 1.0 if kind is shown else 0.0)
+        groups = guard.process_groups.points
         return [
             gauge("vramguard_guard_allocated_bytes",
                   "Bytes held by live tensors on the guarded device (latest sample).", allocated),
@@ -100,6 +109,9 @@ class GuardCollector(Collector):
                   growth),
             gauge("vramguard_guard_leak", "1 when the guard's verdict is 'leak', else 0.",
                   1.0 if verdict.kind is VerdictKind.LEAK else 0.0),
+            gauge("vramguard_guard_process_groups",
+                  "Live torch.distributed process groups (absent outside a distributed job).",
+                  groups[-1][1] if groups else None),
             requests,
             kinds,
         ]

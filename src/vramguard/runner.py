@@ -66,8 +66,9 @@ def run_check(
     if warmup is not None and not 0 <= warmup < requests:
         raise UsageError(f"expected --warmup between 0 and {requests - 1}, got {warmup}")
     resolved_warmup = auto_warmup(requests) if warmup is None else warmup
-    # A census per request costs a few ms in a torch process; ~100 censuses are plenty for the
-    # verdict, so long checks take one every few requests (counters are still read every request).
+    # Counters (the CPU heap, CUDA's allocator) are read every request. Where the census is the
+    # CPU signal instead (no heap counter), it costs a few ms in a torch process and ~100 are
+    # plenty for the verdict, so long checks take one every few requests.
     guard = Guard(device, overhead_budget=None, warmup=resolved_warmup,
                   max_samples=4 * requests + 16, census_every=max(1, requests // 100))
     children_start: int | None = None

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -47,8 +46,10 @@ def test_leaking_loop_is_exported_as_a_leak() -> None:
     assert metrics[("vramguard_guard_leak", device)] == 1.0
     assert metrics[("vramguard_guard_verdict", (("device", "cpu"), ("verdict", "leak")))] == 1.0
     assert metrics[("vramguard_guard_verdict", (("device", "cpu"), ("verdict", "no_leak")))] == 0.0
-    # 8x32 float32 outputs kept per request: 1 KiB each
-    assert metrics[("vramguard_guard_growth_bytes_per_request", device)] == pytest.approx(1024)
+    # 8x32 float32 outputs kept per request: 1 KiB each, plus their bookkeeping on the C heap
+    # (the CPU signal): TensorImpl, storage, graph node, a few hundred bytes
+    growth = metrics[("vramguard_guard_growth_bytes_per_request", device)]
+    assert 1024 <= growth <= 2048
     assert metrics[("vramguard_guard_allocated_bytes", device)] >= 130 * 1024
     assert ("vramguard_guard_non_torch_bytes", device) in metrics
     assert ("vramguard_guard_reserved_bytes", device) not in metrics  # unknown on CPU, not 0

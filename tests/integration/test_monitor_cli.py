@@ -299,3 +299,29 @@ def test_works_without_torch(nvml_sim_lib: Path, scenario: Path) -> None:  # noq
                           timeout=120, env=sim_env(nvml_sim_lib, scenario), check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["schema"] == "vramguard.monitor/1"
+
+
+def test_cross_device_alerts_on_a_rank_holding_memory_on_another_ranks_gpu(
+        nvml_sim_lib: Path, tmp_path: Path) -> None:  # noqa: F811
+    # Two real "ranks" (their /proc/PID/environ is what the monitor reads); the simulated driver
+    # lists rank 1 on GPU 1 (its own) and on GPU 0 (not its own: no set_device).
+    ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={"LOCAL_RANK": str(r), "RANK": str(r), "WORLD_SIZE": "2"})
+             for r in range(2)]
+    try:
+        rank0, rank1 = (p.pid for p in ranks)
+        path = write_scenario(tmp_path, SCENARIO + f"process 1 {rank1} 2GiB\n"
+                              f"process 0 {rank0} 1GiB\nprocess 0 {rank1} 500MiB\n")
+        done = monitor(nvml_sim_lib, path, "--interval", "0", "--samples", "2", "--json")
+        assert done.returncode == 0, done.stderr
+        cross = [e for e in events(done.stdout) if e["rule"] == "cross_device"]
+        assert [(e["event"], e["device"], e["pid"], e["limit"]) for e in cross] == [
+            ("alert", 0, rank1, 1)]
+        assert "holds 500.0 MiB here" in done.stderr
+        off = monitor(nvml_sim_lib, path, "--interval", "0", "--samples", "1", "--json",
+                      "--no-cross-device")
+        assert [e for e in events(off.stdout) if e["rule"] == "cross_device"] == []
+    finally:
+        for proc in ranks:
+            proc.kill()
+            proc.wait()

@@ -227,3 +227,18 @@ def test_event_prints_for_humans_and_as_json() -> None:
 
 def test_reading_does_not_mention_vram_when_it_was_not_asked_for() -> None:
     assert str(Reading(processes=1, rss=1024, vram=None)) == "rss 1.0 KiB in 1 process"
+
+
+def test_a_reading_with_ranks_names_each_and_the_largest() -> None:
+    from vramguard.supervise.events import Event, EventKind, RankReading, Reading, rank_note
+
+    reading = Reading(processes=4, rss=900 * 1024**2, vram=None, ranks=(
+        RankReading(0, 4241, 1, 200 * 1024**2), RankReading(1, 4242, 2, 600 * 1024**2)))
+    assert str(reading) == ("rss 900.0 MiB in 4 processes; rank 0 (pid 4241): rss 200.0 MiB, "
+                            "rank 1 (pid 4242): rss 600.0 MiB")
+    assert rank_note(reading, "rss") == "; most in rank 1 (pid 4242): rss 600.0 MiB"
+    assert rank_note(reading, "vram") == ""
+    assert rank_note(Reading(processes=1, rss=1, vram=None), "rss") == ""
+    document = Event(EventKind.BREACH, "m", reading=reading).to_json(0.0)
+    assert document["ranks"][1] == {"rank": 1, "pid": 4242, "processes": 2,
+                                    "rss_bytes": 600 * 1024**2, "vram_bytes": None}

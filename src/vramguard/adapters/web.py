@@ -80,7 +80,8 @@ class _SharedSampler(Sampler):
         self._generation = generation
         self._cached: tuple[int, Census] | None = None
 
-    def census(self, *, groups: bool = True) -> Census:
+    def census(self, *, groups: bool = True, follow_graphs: bool = True) -> Census:
+        del follow_graphs  # routes need the full census (graphs included), so it is always taken
         generation = self._generation()
         cached = self._cached
         if cached is not None and cached[0] == generation and (cached[1].grouped or not groups):

@@ -40,6 +40,8 @@ class VerdictKind(enum.StrEnum):
     CACHE_GROWTH = "cache_growth"
     FRAGMENTATION = "fragmentation"
     NON_TORCH_GROWTH = "non_torch_growth"
+    # Judged by vramguard.distributed.groups over the live process-group count, not by decide().
+    PROCESS_GROUP_GROWTH = "process_group_growth"
     NO_LEAK = "no_leak"
     INCONCLUSIVE = "inconclusive"
 
@@ -106,8 +108,10 @@ class Verdict:
 
     @property
     def is_leak(self) -> bool:
-        """True for the verdicts that fail a check: a leak, or growth outside PyTorch."""
-        return self.kind in (VerdictKind.LEAK, VerdictKind.NON_TORCH_GROWTH)
+        """True for the verdicts that fail a check: a leak, growth outside PyTorch, or process
+        groups that are never destroyed."""
+        return self.kind in (VerdictKind.LEAK, VerdictKind.NON_TORCH_GROWTH,
+                             VerdictKind.PROCESS_GROUP_GROWTH)
 
     def __str__(self) -> str:
         if self.kind in (VerdictKind.NO_LEAK, VerdictKind.INCONCLUSIVE) or self.growth is None:
@@ -155,10 +159,11 @@ class _Metric:
 
 
 # Priority order: the first that grows decides. Minimums: allocated is exact (the census) or
-# 512-byte granular, so none; reserved grows in >= 2 MiB segments; RSS and driver-level used
-# memory move in pages and by allocator whims, so a few MiB over the window before it counts.
+# 512-byte granular, so 1 KiB over the window (byte-level jitter on a flat series is no leak);
+# reserved grows in >= 2 MiB segments; RSS and driver-level used memory move in pages and by
+# allocator whims, so a few MiB over the window before it counts.
 _METRICS = (
-    _Metric(VerdictKind.LEAK, "allocated memory", lambda s: s.allocated, 0.0),
+    _Metric(VerdictKind.LEAK, "allocated memory", lambda s: s.allocated, 1024.0),
     _Metric(VerdictKind.NON_TORCH_GROWTH, "memory outside PyTorch", _outside_torch, 4 * _MIB),
     _Metric(VerdictKind.FRAGMENTATION, "inactive split memory", lambda s: s.inactive_split,
             2 * _MIB),
@@ -270,12 +275,16 @@ def decide(
     warmup: int | None = None,
     capacity_bytes: int | None = None,
     find_detection: bool = True,
+    min_growth: float = 0.0,
 ) -> Verdict:
     """The verdict over ``samples`` (one per request or step, in any order).
 
     ``warmup``: requests to ignore at the start (None: :func:`auto_warmup`). ``capacity_bytes``:
     what "full" means (None: the last sample's ``device_total``, else unknown).
     ``find_detection``: also find ``detected_after`` (a few more fits on prefixes).
+    ``min_growth``: the least growth of ``allocated`` over the window that can count as a leak
+    (0 for exact series; the guard passes 16 KiB for the CPU heap counter, which also moves
+    with Python's own allocations).
     Cost: a few ms on 300 samples; fits are subsampled so 1000 samples cost about the same.
     """
     ordered = sorted(samples, key=lambda s: s.request)
@@ -309,7 +318,7 @@ def decide(
         )
 
     warnings: list[str] = []
-    allocated = steady_growth(x, y, min_total=_METRICS[0].min_total)
+    allocated = steady_growth(x, y, min_total=max(_METRICS[0].min_total, min_growth))
     decided: tuple[_Metric, GrowthEvidence, np.ndarray, np.ndarray, np.ndarray] | None = None
     for metric in _METRICS:
         if metric is _METRICS[0]:
@@ -341,7 +350,8 @@ def decide(
     metric, evidence, mx, mt, my = decided
     growth = _growth(evidence, mt, my, end_used if end_used is not None else my[-1],
                      capacity_bytes)
-    detected = _detect(mx, my, metric.min_total) if find_detection else None
+    floor = max(metric.min_total, min_growth) if metric is _METRICS[0] else metric.min_total
+    detected = _detect(mx, my, floor) if find_detection else None
     return verdict(metric.kind, _reason(metric.kind, metric.name, evidence, int(mx[0]),
                                         int(mx[-1])),
                    warnings=warnings, growth=growth, values=my, detected=detected)

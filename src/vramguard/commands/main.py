@@ -28,6 +28,7 @@ _COMMANDS = {
     "monitor": "vramguard.commands.monitor:monitor",
     "supervise": "vramguard.commands.supervise:supervise",
     "loadtest": "vramguard.commands.loadtest:loadtest",
+    "ranks": "vramguard.commands.ranks:ranks",
 }
 
 

@@ -32,6 +32,7 @@ from vramguard.monitor import (
     serve,
 )
 from vramguard.monitor.actions import Action
+from vramguard.monitor.placement import read_placement
 from vramguard.nvml import Nvml, default_library_path
 from vramguard.units import Percent, parse_duration, parse_interval, parse_size
 
@@ -50,7 +51,8 @@ def _devices(text: str | None) -> set[int] | None:
 
 
 def _config(*, threshold: str | None, for_: str, predict: str | None, process_budget: str | None,
-            cooldown: str, hysteresis: str, trend_window: str) -> RuleConfig:
+            cooldown: str, hysteresis: str, trend_window: str,
+            cross_device: bool = True) -> RuleConfig:
     hyst = parse_size(hysteresis, allow_percent=True)
     if not isinstance(hyst, Percent):
         raise UsageError(f"expected a percentage like 5% for --hysteresis, got {hysteresis!r}")
@@ -59,6 +61,7 @@ def _config(*, threshold: str | None, for_: str, predict: str | None, process_bu
         predict_seconds=None if predict is None else parse_duration(predict),
         process_budget=_size(process_budget), cooldown_seconds=parse_duration(cooldown),
         hysteresis=hyst.value / 100.0, trend_window_seconds=parse_duration(trend_window),
+        cross_device=cross_device,
     )
 
 
@@ -89,13 +92,16 @@ def _config(*, threshold: str | None, for_: str, predict: str | None, process_bu
               help="Also export per-process series (one per pid: they multiply series).")
 @click.option("--samples", type=click.IntRange(min=1), help="Stop after this many samples.")
 @click.option("--duration", help="Stop after this long (e.g. 10m).")
+@click.option("--cross-device/--no-cross-device", default=True, show_default=True,
+              help="Alert (cross_device) when a process holds memory on a GPU other than the one "
+                   "its LOCAL_RANK / CUDA_VISIBLE_DEVICES implies (read from /proc/PID/environ).")
 def monitor(
         interval: str, threshold: str | None, for_: str, predict: str | None,
             trend_window: str, process_budget: str | None, cooldown: str, hysteresis: str,
             as_json: bool, on_alert: str | None, webhook: str | None,
             signal_target: str | None, once: bool, devices: str | None,
             prometheus: str | None, prometheus_processes: bool, samples: int | None,
-            duration: str | None) -> int:
+            duration: str | None, cross_device: bool) -> int:
     """Watch GPU memory through NVML (no torch needed) and alert on rules.
 
     \b
@@ -105,7 +111,7 @@ def monitor(
     # Parse everything before touching NVML, so a typo is exit 2 even on a machine without GPUs.
     config = _config(threshold=threshold, for_=for_, predict=predict,
                      process_budget=process_budget, cooldown=cooldown, hysteresis=hysteresis,
-                     trend_window=trend_window)
+                     trend_window=trend_window, cross_device=cross_device)
     period = parse_interval("--interval", interval)
     stop_after = None if duration is None else parse_duration(duration)
     selected = _devices(devices)
@@ -158,7 +164,8 @@ def _watch(nvml: Nvml, config: RuleConfig, *, period: float, selected: set[int] 
     if target is not None:
         actions.append(SendSignal(target[0], target[1], _report))
     runner = Monitor(nvml=nvml, engine=RuleEngine(config), actions=actions, interval=period,
-                     devices=selected, processes=True)
+                     devices=selected, processes=True,
+                     placement=read_placement if config.cross_device else None)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         runner.stop.set()

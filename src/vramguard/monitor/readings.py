@@ -5,11 +5,12 @@ Everything downstream (rules, exporter, JSON) works on the plain :class:`Snapsho
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from vramguard.errors import GpuLost, NvmlNoPermission, NvmlNotSupported
+from vramguard.monitor.placement import Placement
 from vramguard.nvml import Nvml, ProcessMemory
 from vramguard.units import format_bytes
 
@@ -49,11 +50,13 @@ class DeviceReading:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Every watched device at one moment: ``time`` is monotonic seconds, ``wall`` epoch seconds."""
+    """Every watched device at one moment: ``time`` is monotonic seconds, ``wall`` epoch seconds.
+    ``placements``: the listed processes whose environment pins a GPU (``cross_device``)."""
 
     time: float
     wall: float
     devices: tuple[DeviceReading, ...] = field(default_factory=tuple)
+    placements: tuple[Placement, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
         """The ``vramguard.monitor/1`` document that ``monitor --once --json`` prints."""
@@ -64,8 +67,11 @@ class Snapshot:
 
 
 def read_snapshot(nvml: Nvml, *, time: float, wall: float, devices: Collection[int] | None = None,
-                  processes: bool = True) -> Snapshot:
+                  processes: bool = True,
+                  placement: Callable[[int], Placement | None] | None = None) -> Snapshot:
     """Read the physical devices (those in ``devices``, or all); a lost device reads as lost.
+    ``placement`` (e.g. :func:`~vramguard.monitor.placement.read_placement`) is asked once per
+    listed process.
 
     Memory the driver refuses (not supported, no permission) reads as unknown; so does a refused
     per-process list, which reads as empty: the rest is still worth reporting.
@@ -92,4 +98,8 @@ def read_snapshot(nvml: Nvml, *, time: float, wall: float, devices: Collection[i
             except GpuLost:
                 lost = True
         readings.append(DeviceReading(info.index, info.uuid, info.name, used, total, lost, listed))
-    return Snapshot(time=time, wall=wall, devices=tuple(readings))
+    placed: tuple[Placement, ...] = ()
+    if placement is not None:
+        pids = sorted({p.pid for reading in readings for p in reading.processes})
+        placed = tuple(found for pid in pids if (found := placement(pid)) is not None)
+    return Snapshot(time=time, wall=wall, devices=tuple(readings), placements=placed)

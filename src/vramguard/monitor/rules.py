@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vramguard.analysis.trend import fit_trend, time_to_reach
+from vramguard.monitor.placement import expected_index
 from vramguard.monitor.readings import DeviceReading, Snapshot
 from vramguard.units import Percent, format_bytes, format_duration
 
@@ -27,6 +28,7 @@ class RuleName(enum.Enum):
     TREND = "trend"
     PROCESS_BUDGET = "process_budget"
     GPU_LOST = "gpu_lost"
+    CROSS_DEVICE = "cross_device"  # a process holds memory on a GPU its LOCAL_RANK does not imply
 
 
 class EventKind(enum.Enum):
@@ -39,7 +41,8 @@ class EventKind(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Event:
     """One alert or resolution. ``value``/``limit`` are bytes, except for ``trend`` (seconds until
-    the device is predicted full / the horizon) and ``gpu_lost`` (both None)."""
+    the device is predicted full / the horizon), ``gpu_lost`` (both None) and ``cross_device``
+    (``value`` the bytes held on ``device``, ``limit`` the index of the GPU it should be on)."""
 
     kind: EventKind
     rule: RuleName
@@ -62,6 +65,11 @@ class Event:
         word = "ALERT" if self.kind is EventKind.ALERT else "resolved"
         if self.rule is RuleName.GPU_LOST:
             detail = "GPU lost" if self.kind is EventKind.ALERT else "GPU back"
+        elif self.rule is RuleName.CROSS_DEVICE:
+            detail = (f"holds {format_bytes(self.value)} here, but its launch environment puts "
+                      f"it on GPU {_plain(self.limit)} (call torch.cuda.set_device(local_rank) "
+                      "before any CUDA work)" if self.kind is EventKind.ALERT
+                      else "no longer on this GPU")
         elif self.rule is RuleName.TREND:
             detail = (f"predicted full in {format_duration(self.value)} "
                       f"(horizon {format_duration(self.limit)})")
@@ -93,6 +101,7 @@ class RuleConfig:
     trend_window_seconds: float = 600.0
     trend_min_points: int = 10
     trend_max_points: int = 120
+    cross_device: bool = False  # needs Snapshot.placements (the monitor reads them when on)
 
     def __str__(self) -> str:
         parts = []
@@ -103,6 +112,8 @@ class RuleConfig:
             parts.append(f"full within {format_duration(self.predict_seconds)}")
         if self.process_budget is not None:
             parts.append(f"process budget {_limit_text(self.process_budget)}")
+        if self.cross_device:
+            parts.append("cross-device placement")
         return ", ".join(parts) or "no rules (readings only)"
 
 
@@ -217,6 +228,30 @@ class RuleEngine:
                                       for_seconds=0.0, value=eta, limit=horizon)
         if cfg.process_budget is not None:
             events += self._processes(snap, dev)
+        if cfg.cross_device:
+            events += self._cross_device(snap, dev)
+        return events
+
+    def _cross_device(self, snap: Snapshot, dev: DeviceReading) -> list[Event]:
+        # Any memory counts: a stray CUDA context (~500 MiB) on GPU 0 is the usual symptom.
+        devices = [(d.index, d.uuid) for d in snap.devices]
+        placements = {p.pid: p for p in snap.placements}
+        events: list[Event] = []
+        here = set()
+        for proc in dev.processes:
+            placement = placements.get(proc.pid)
+            expected = None if placement is None else expected_index(placement, devices)
+            if expected is None:
+                continue
+            here.add(proc.pid)
+            events += self._check(snap, (RuleName.CROSS_DEVICE, dev.index, proc.pid),
+                                  firing=expected != dev.index, holding=expected != dev.index,
+                                  for_seconds=0.0, value=proc.used_bytes, limit=expected)
+        for key in [k for k in self._states
+                    if k[0] is RuleName.CROSS_DEVICE and k[1] == dev.index and k[2] not in here]:
+            if self._states.pop(key).active:  # it left this GPU: resolved once, state gone
+                events.append(Event(EventKind.RESOLVED, key[0], key[1], key[2], None, None,
+                                    snap.wall))
         return events
 
     def _processes(self, snap: Snapshot, dev: DeviceReading) -> list[Event]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from vramguard.monitor.actions import Action
+from vramguard.monitor.placement import Placement
 from vramguard.monitor.readings import Snapshot, read_snapshot
 from vramguard.monitor.rules import RuleEngine
 from vramguard.nvml import Nvml
@@ -29,6 +30,7 @@ class Monitor:
     interval: float = 1.0
     devices: Collection[int] | None = None
     processes: bool = True
+    placement: Callable[[int], Placement | None] | None = None  # for the cross_device rule
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     stop: threading.Event = field(default_factory=threading.Event)
@@ -38,7 +40,8 @@ class Monitor:
     def sample(self) -> Snapshot:
         """One reading, evaluated and acted on."""
         snapshot = read_snapshot(self.nvml, time=self.clock(), wall=self.wall_clock(),
-                                 devices=self.devices, processes=self.processes)
+                                 devices=self.devices, processes=self.processes,
+                                 placement=self.placement)
         self.latest = snapshot
         self.samples += 1
         for event in self.engine.evaluate(snapshot):

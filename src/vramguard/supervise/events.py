@@ -31,20 +31,50 @@ class EventKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class RankReading:
+    """The memory of one rank of a distributed job in the tree: the process launched with that
+    ``RANK`` (``pid``) and its descendants (data-loader workers inherit the variable)."""
+
+    rank: int
+    pid: int
+    processes: int
+    rss: int | None
+    vram: int | None = None
+
+    def label(self) -> str:
+        """``rank 1 (pid 4242)``."""
+        return f"rank {self.rank} (pid {self.pid})"
+
+    def __str__(self) -> str:
+        vram = "" if self.vram is None else f", vram {format_bytes(self.vram)}"
+        return f"{self.label()}: rss {format_bytes(self.rss)}{vram}"
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
-    """Memory of the command's process tree at one sample; ``None`` = not measured / unknown."""
+    """Memory of the command's process tree at one sample; ``None`` = not measured / unknown.
+    ``ranks``: per rank, when the tree runs a distributed job (empty otherwise)."""
 
     processes: int
     rss: int | None
     vram: int | None
     vram_watched: bool = False  # False: VRAM was not asked for (NVML untouched), so not "unknown"
+    ranks: tuple[RankReading, ...] = ()
+
+    def largest(self, resource: str = "rss") -> RankReading | None:
+        """The rank holding the most ``rss`` (or ``vram``); None outside a distributed job."""
+        known = [r for r in self.ranks if getattr(r, resource) is not None]
+        return max(known, key=lambda r: getattr(r, resource)) if known else None
 
     def __str__(self) -> str:
         vram = f", vram {format_bytes(self.vram)}" if self.vram_watched else ""
-        return (
+        text = (
             f"rss {format_bytes(self.rss)}{vram} in "
             f"{self.processes} process{'es' if self.processes != 1 else ''}"
         )
+        if self.ranks:
+            text += "; " + ", ".join(str(r) for r in self.ranks)
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +106,9 @@ class Event:
             "rss_bytes": self.reading.rss if self.reading else None,
             "vram_bytes": self.reading.vram if self.reading else None,
             "processes": self.reading.processes if self.reading else None,
+            "ranks": [{"rank": r.rank, "pid": r.pid, "processes": r.processes,
+                       "rss_bytes": r.rss, "vram_bytes": r.vram}
+                      for r in self.reading.ranks] if self.reading else [],
             "signal": self.signal,
             "status": self.status,
             "restarts": self.restarts,
@@ -101,6 +134,13 @@ class EventLog:
             line = f"vramguard supervise: {event}"
         self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def rank_note(reading: Reading, resource: str) -> str:
+    """``"; most in rank 1 (pid 4242): rss 1.1 GiB"`` for a breach of ``resource`` (``rss`` or
+    ``vram``) in a distributed job: which rank to look at; empty outside one."""
+    top = reading.largest(resource)
+    return "" if top is None else f"; most in {top}"
 
 
 def uptime(seconds: float) -> str:

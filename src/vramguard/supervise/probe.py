@@ -10,8 +10,9 @@ from typing import Protocol
 
 import psutil
 
+from vramguard.readers.rank import read_process_identity
 from vramguard.supervise import procs
-from vramguard.supervise.events import Reading
+from vramguard.supervise.events import RankReading, Reading
 
 
 class Probe(Protocol):
@@ -28,11 +29,38 @@ class TreeProbe:
     ``vram`` is None when no ``--max-vram`` was asked for: NVML is then never touched.
     """
 
-    def __init__(self, vram: Callable[[Sequence[int]], int | None] | None = None) -> None:
+    def __init__(self, vram: Callable[[Sequence[int]], int | None] | None = None, *,
+                 rank_of: Callable[[int], int | None] | None = None) -> None:
         self.vram = vram
+        self._rank_of = rank_of or _rank_from_environ
+        # pid -> rank (or None): a process's exec-time environment never changes, so each pid
+        # is read once; dropped when the pid leaves the tree, so a reused pid is read afresh.
+        self._ranks: dict[int, int | None] = {}
 
     def read(self, tree: Sequence[psutil.Process]) -> Reading:
-        """RSS and VRAM of ``tree``."""
+        """RSS and VRAM of ``tree``, and per rank when its processes carry a ``RANK``."""
         vram = self.vram([p.pid for p in tree]) if self.vram is not None and tree else None
         return Reading(processes=len(tree), rss=procs.rss(tree), vram=vram,
-                       vram_watched=self.vram is not None)
+                       vram_watched=self.vram is not None, ranks=self._by_rank(tree))
+
+    def _by_rank(self, tree: Sequence[psutil.Process]) -> tuple[RankReading, ...]:
+        live = {p.pid for p in tree}
+        self._ranks = {pid: rank for pid, rank in self._ranks.items() if pid in live}
+        groups: dict[int, list[psutil.Process]] = {}
+        for proc in tree:  # parents come before their children in procs.tree's order
+            if proc.pid not in self._ranks:
+                self._ranks[proc.pid] = self._rank_of(proc.pid)
+            rank = self._ranks[proc.pid]
+            if rank is not None:
+                groups.setdefault(rank, []).append(proc)
+        if len(groups) < 2 and not any(len(g) < len(tree) for g in groups.values()):
+            return ()  # one rank owning the whole tree is no breakdown at all
+        return tuple(
+            RankReading(rank, members[0].pid, len(members), procs.rss(members),
+                        None if self.vram is None else self.vram([p.pid for p in members]))
+            for rank, members in sorted(groups.items()))
+
+
+def _rank_from_environ(pid: int) -> int | None:
+    identity = read_process_identity(pid)
+    return None if identity is None else identity.rank

@@ -25,7 +25,7 @@ import psutil
 
 from vramguard.errors import CommandNotStarted
 from vramguard.supervise import procs
-from vramguard.supervise.events import Event, EventKind, EventLog, Reading, uptime
+from vramguard.supervise.events import Event, EventKind, EventLog, Reading, rank_note, uptime
 from vramguard.supervise.policy import (
     Action,
     Backoff,
@@ -114,6 +114,7 @@ class Supervisor:
         self._known: list[psutil.Process] = []
         self._last: Reading | None = None
         self._breach: Breach | None = None
+        self._breach_rank = ""  # "; most in rank 1 (pid 4242): rss ..." in a distributed job
         self._vram_warned = False
 
     # -- signals ---------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class Supervisor:
                               max_restarts=cfg.max_restarts, window=cfg.window, backoff=cfg.backoff)
             why = f"the command {ended}"
             if cause is StopCause.LIMIT and self._breach is not None:
-                why = str(self._breach)
+                why = f"{self._breach}{self._breach_rank}"
             if decision.action is Action.RESTART:
                 assert decision.delay is not None  # decide() sets it for every restart
                 self.log.emit(Event(
@@ -265,7 +266,9 @@ class Supervisor:
                     breach = watch.observe(value, now)
                     if breach is not None:
                         self._breach = breach
-                        self.log.emit(Event(EventKind.BREACH, f"pid {pid}: {breach}; stopping it",
+                        self._breach_rank = rank_note(reading, watch.resource.value)
+                        self.log.emit(Event(EventKind.BREACH,
+                                            f"pid {pid}: {breach}{self._breach_rank}; stopping it",
                                             pid=pid, reading=reading))
                         self._escalate(pid)
                         return StopCause.LIMIT

@@ -1,0 +1,150 @@
+"""The guard's bookkeeping, pure: what it may spend on reading memory, and the history it keeps.
+
+``Budget`` turns "at most 1% of step time" into decisions: a cheap read every ``k`` steps, and a
+census (milliseconds, up to a second on a huge heap) only once the step time that has passed
+pays for it. Everything the guard spends, triggers included, comes out of one account, so
+``spent / busy`` stays at the budget whatever the workload (see ``bench/guard_overhead.py``).
+
+``History`` is a bounded, evenly spread history over the whole run: when full it keeps every
+other sample and accepts new ones half as often. Census samples (rare) live in their own
+reservoir, so thinning the dense cheap samples never drops them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from vramguard.analysis.samples import Sample
+
+READ_SHARE = 0.5  # of the budget, spread evenly over the steps for the cheap reads (the signal)
+# The account as a whole may not spend more than this share of the budget: the rest is headroom
+# for a step's fixed cost (~1-2 us) and for cost estimates that lag. A census takes what the
+# reads leave, once it is paid for.
+ACCOUNT_SHARE = 0.9
+DENSE_CENSUS_BUDGET = 0.05  # without a budget (check): routine censuses still stay under 5%
+FIRST_CENSUS_GUESS_S = 0.015  # a census with nothing retained, in a process that imported torch
+
+
+@dataclass(slots=True)
+class Budget:
+    """The guard's account: time in steps earns credit, reads and censuses spend it.
+
+    ``share`` is the budget (0.01 = 1%), or None for dense mode: read after every step, and take
+    routine censuses within ``DENSE_CENSUS_BUDGET``. Not thread-safe: the guard's sampling
+    thread (one at a time) updates it; the step path only adds to ``busy_s``.
+    """
+
+    share: float | None
+    busy_s: float = 0.0
+    spent_s: float = 0.0
+    step_s: float = 0.0  # EWMA of one step's duration
+    read_cost_s: float = 0.0
+    census_cost_s: float = 0.0
+
+    def record_step(self, elapsed: float, first: bool) -> None:
+        """Hot path: one step took ``elapsed`` seconds."""
+        self.busy_s += elapsed
+        self.step_s += (elapsed - self.step_s) * (1.0 if first else 0.05)
+
+    def read_period(self) -> int:
+        """Steps between two cheap reads (1 in dense mode)."""
+        if self.share is None:
+            return 1
+        allowed = self.share * READ_SHARE * max(self.step_s, 1e-7)
+        return max(1, math.ceil(self.read_cost_s / allowed))
+
+    def census_affordable(self, *, scale: float = 1.0) -> bool:
+        """Whether the account pays for one census now (at ``scale`` times its estimated cost).
+
+        The estimate is the last censuses' cost (a first one is guessed at 15 ms): a census that
+        grew dearer is paid for after the fact, and the next waits until the account is positive.
+        """
+        share = DENSE_CENSUS_BUDGET if self.share is None else self.share * ACCOUNT_SHARE
+        cost = (self.census_cost_s or FIRST_CENSUS_GUESS_S) * scale
+        return share * self.busy_s - self.spent_s >= cost
+
+    def overdrawn(self) -> bool:
+        """True when the account spent more than it earned (a read or census cost more than its
+        estimate): reads pause until the steps have paid it back. Never in dense mode."""
+        return self.share is not None and self.spent_s > self.share * ACCOUNT_SHARE * self.busy_s
+
+    def paid(self, seconds: float) -> None:
+        """The guard spent ``seconds`` reading memory."""
+        self.spent_s += seconds
+
+    def census_took(self, seconds: float) -> None:
+        """A census cost ``seconds`` (kept as the estimate of the next one)."""
+        self.census_cost_s = _ewma(self.census_cost_s, seconds)
+
+    def read_took(self, seconds: float) -> None:
+        """A cheap read cost ``seconds``."""
+        self.read_cost_s = _ewma(self.read_cost_s, seconds)
+
+    @property
+    def overhead(self) -> float:
+        """Spent as a share of busy (0.004 = 0.4%)."""
+        return self.spent_s / self.busy_s if self.busy_s > 0 else 0.0
+
+
+def _ewma(old: float, new: float) -> float:
+    # Machine noise only ever adds time, so a cheaper measurement is believed at once and a
+    # dearer one only gradually: the estimate tracks the real cost, not the worst moments.
+    if old == 0.0 or new < old:
+        return new
+    return old + (new - old) * 0.2
+
+
+class _Reservoir:
+    """Samples in a list allocated once at full size: a history that grew by reallocation would
+    itself move the C heap counter it records, a few bytes per sample, like a tiny leak."""
+
+    __slots__ = ("_slots", "capacity", "count", "min_gap")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._slots: list[Sample | None] = [None] * capacity
+        self.count = 0
+        self.min_gap = 1
+
+    def add(self, sample: Sample) -> None:
+        last = self._slots[self.count - 1] if self.count else None
+        if last is not None and sample.request - last.request < self.min_gap:
+            return  # thinned away: the history stays evenly spread
+        self._slots[self.count] = sample
+        self.count += 1
+        if self.count >= self.capacity:
+            kept = self._slots[: self.count : 2]
+            self._slots[: len(kept)] = kept
+            self._slots[len(kept):] = [None] * (self.capacity - len(kept))
+            self.count = len(kept)
+            self.min_gap *= 2
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [s for s in self._slots[: self.count] if s is not None]
+
+
+class History:
+    """At most ``capacity`` cheap samples and ``capacity`` census samples, each evenly spread
+    over the whole run (a guard runs for weeks: the resolution halves, the span never shrinks)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(16, capacity)
+        self._cheap = _Reservoir(self.capacity)
+        self._census = _Reservoir(self.capacity)
+
+    def add(self, sample: Sample, *, census: bool) -> None:
+        """Keep ``sample`` (a census sample when ``census``) if the spacing allows."""
+        (self._census if census else self._cheap).add(sample)
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Both reservoirs, oldest first."""
+        if not self._census.count:
+            return self._cheap.samples
+        return sorted((*self._cheap.samples, *self._census.samples), key=_request)
+
+
+def _request(sample: Sample) -> int:
+    return sample.request

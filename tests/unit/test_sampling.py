@@ -1,0 +1,68 @@
+"""The guard's account and history, with plain values."""
+
+from __future__ import annotations
+
+import itertools
+
+from vramguard.analysis.samples import Sample
+from vramguard.sampling import FIRST_CENSUS_GUESS_S, Budget, History
+
+
+def _steps(budget: Budget, count: int, seconds: float) -> None:
+    for i in range(count):
+        budget.record_step(seconds, first=i == 0)
+
+
+def test_read_period_spreads_the_read_share_of_the_budget():
+    budget = Budget(0.01)
+    _steps(budget, 100, 0.001)  # 1 ms steps: 1% is 10 us a step, half of it for reads
+    budget.read_took(20e-6)
+    assert budget.read_period() == 4
+    assert Budget(None).read_period() == 1  # dense mode reads every step
+
+
+def test_a_census_waits_until_the_steps_paid_for_it():
+    budget = Budget(0.01)
+    budget.census_took(0.9)  # a census of a huge heap
+    _steps(budget, 10_000, 0.001)  # 10 s of steps earn 90 ms at 0.9 x 1%
+    assert not budget.census_affordable()
+    _steps(budget, 100_000, 0.001)  # 110 s earn 0.99 s
+    assert budget.census_affordable()
+    budget.paid(0.9)
+    assert not budget.census_affordable()
+
+
+def test_the_first_census_is_priced_at_a_guess_and_dense_mode_keeps_censuses_under_5_percent():
+    budget = Budget(None)
+    budget.record_step(FIRST_CENSUS_GUESS_S * 19, first=True)
+    assert not budget.census_affordable()  # 5% of 19 guesses is under one
+    budget.record_step(FIRST_CENSUS_GUESS_S * 2, first=False)
+    assert budget.census_affordable()
+
+
+def test_an_overdrawn_account_pauses_reads_until_paid_back():
+    budget = Budget(0.01)
+    _steps(budget, 1000, 0.001)
+    budget.paid(0.05)  # a read preempted... or a census that cost more than its estimate
+    assert budget.overdrawn()
+    _steps(budget, 5000, 0.001)
+    assert not budget.overdrawn()
+    assert not Budget(None).overdrawn()
+
+
+def test_history_halves_evenly_and_keeps_census_samples_apart():
+    history = History(16)
+    for request in range(1000):
+        history.add(Sample(request, float(request), allocated=request), census=False)
+        if request % 100 == 0:
+            history.add(Sample(request, float(request), tensor_bytes=request), census=True)
+    samples = history.samples
+    cheap = [s for s in samples if s.tensor_bytes is None]
+    census = [s for s in samples if s.tensor_bytes is not None]
+    assert len(cheap) < 16
+    assert cheap[0].request == 0
+    assert cheap[-1].request >= 1000 - 128  # within one gap of the end
+    gaps = {b.request - a.request for a, b in itertools.pairwise(cheap)}
+    assert len(gaps) == 1  # evenly spread
+    assert [s.request for s in census] == list(range(0, 1000, 100))  # none thinned away
+    assert [s.request for s in samples] == sorted(s.request for s in samples)
