@@ -112,6 +112,13 @@ def test_clean_route_is_no_leak_over_fresh_readings(dense: str) -> None:
     assert document["verdict"] == "no_leak"
     fresh = int(document["reason"].split("[")[1].split(" fresh")[0])
     assert 20 <= fresh <= 101, document["reason"]  # each reading counted once, repeats not
+    # What loadtest dates its readings by: each memory value's request and time of reading.
+    status = httpx.get(f"{dense}/vramguard/status", timeout=60).json()
+    memory = status["memory"]
+    assert set(memory["read_at_request"]) == set(memory["read_at"]) >= {"allocated", "reserved"}
+    assert 0 <= memory["read_at_request"]["allocated"] < status["requests"]
+    assert isinstance(memory["read_at"]["allocated"], float)
+    assert memory["read_at_request"]["reserved"] is None  # CPU: no caching allocator, never read
 
 
 def test_leaky_route_is_a_leak(dense: str) -> None:
