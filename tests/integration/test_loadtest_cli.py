@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.nvmlsim.fixtures import nvml_sim_lib, sim_env, write_scenario  # noqa: F401
+
 pytest.importorskip("torch")
 pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
@@ -276,3 +278,63 @@ def test_httpx_missing_is_an_environment_error(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "pip install 'vramguard[loadtest]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- --pid: NVML's per-process memory, from the simulated driver (tests/nvmlsim) ---------------------
+@pytest.fixture
+def plain_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A server with no vramguard at all (what --pid is for); (URL, its pid)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                                "127.0.0.1", "--directory", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(base, timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield base, process.pid
+    finally:
+        stop(process)
+
+
+def test_pid_readings_come_from_nvml(nvml_sim_lib: Path,  # noqa: F811
+                                     plain_server: tuple[str, int], tmp_path: Path) -> None:
+    # The same value at every read: each live NVML read is still a reading (unlike a status's
+    # repeat). (A growing schedule would grow with wall time, not with requests: not tested.)
+    base, pid = plain_server
+    scenario = write_scenario(tmp_path, f"""
+        device 0 name=SimGPU uuid=GPU-00000000-0000-0000-0000-000000000000 total=80GiB
+        used 0 1GiB
+        process 0 {pid} 2GiB
+        """)
+    env = sim_env(nvml_sim_lib, scenario, base=ENV)
+    result = subprocess.run([sys.executable, "-m", "vramguard", "loadtest", base, "--pid",
+                             str(pid), "--requests", "60", "--json"], capture_output=True,
+                            text=True, timeout=240, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert document["verdict"] == "no_leak"
+    assert document["device"] == f"pid {pid}"
+    assert document["memory"]["end_bytes"] == 2 * 1024**3
+    assert "61 fresh memory readings" in document["reason"]
+
+
+def test_a_pid_no_gpu_lists_gives_no_verdict(nvml_sim_lib: Path,  # noqa: F811
+                                             plain_server: tuple[str, int],
+                                             tmp_path: Path) -> None:
+    base, pid = plain_server
+    scenario = write_scenario(tmp_path, """
+        device 0 name=SimGPU uuid=GPU-00000000-0000-0000-0000-000000000000 total=80GiB
+        used 0 1GiB
+        process 0 1 2GiB
+        """)
+    env = sim_env(nvml_sim_lib, scenario, base=ENV)
+    result = subprocess.run([sys.executable, "-m", "vramguard", "loadtest", base, "--pid",
+                             str(pid), "--requests", "30"], capture_output=True, text=True,
+                            timeout=240, env=env, check=False)
+    assert result.returncode == 3, result.stderr
+    assert "no GPU listed the pid" in result.stderr
