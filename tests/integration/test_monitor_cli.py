@@ -312,13 +312,14 @@ def test_cross_device_alerts_on_a_rank_holding_memory_on_another_ranks_gpu(
         rank0, rank1 = (p.pid for p in ranks)
         path = write_scenario(tmp_path, SCENARIO + f"process 1 {rank1} 2GiB\n"
                               f"process 0 {rank0} 1GiB\nprocess 0 {rank1} 500MiB\n")
-        done = monitor(nvml_sim_lib, path, "--interval", "1ms", "--samples", "2", "--json")
+        done = monitor(nvml_sim_lib, path, "--interval", "0.01s", "--samples", "2",
+                       "--json")
         assert done.returncode == 0, done.stderr
         cross = [e for e in events(done.stdout) if e["rule"] == "cross_device"]
         assert [(e["event"], e["device"], e["pid"], e["limit"]) for e in cross] == [
             ("alert", 0, rank1, 1)]
         assert "holds 500.0 MiB here" in done.stderr
-        off = monitor(nvml_sim_lib, path, "--interval", "1ms", "--samples", "1", "--json",
+        off = monitor(nvml_sim_lib, path, "--interval", "0.01s", "--samples", "1", "--json",
                       "--no-cross-device")
         assert [e for e in events(off.stdout) if e["rule"] == "cross_device"] == []
     finally:
