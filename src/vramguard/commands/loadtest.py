@@ -147,6 +147,8 @@ def loadtest(url: str, method: str, headers: tuple[str, ...], body_file: Path | 
     warm = None if warmup == "auto" else int(warmup) if warmup.isdigit() else None
     if warmup != "auto" and warm is None:
         raise UsageError(f"expected --warmup to be a number or 'auto', got {warmup!r}")
+    if warm is not None and count is not None and warm >= count:
+        raise UsageError(f"expected --warmup below --requests ({count}), got {warm}")
     plan = LoadPlan(url=url, method=method.upper(), headers=_headers(headers),
                     body=body_file.read_bytes() if body_file else None, concurrency=concurrency,
                     requests=count, duration=seconds, sample_every=every,
