@@ -175,16 +175,21 @@ def test_a_status_endpoint_that_never_answers_times_out() -> None:
 
 
 def test_default_sparse_guard_is_never_a_pass() -> None:
-    # The README's example server as shipped (overhead_budget default): its status repeats the
-    # last census value; those repeats are no evidence.
+    # A leaky route behind a guard at its default overhead_budget: its status shows a value
+    # again until the next reading, and repeats are no evidence. How many fresh readings come in
+    # depends on the guard's budget (its cost measurements); whatever it is, the answer is the
+    # leak (1), too little evidence (5) or no reading (3): never a pass.
     process, base = example_server("device='cpu'")
     try:
         result = loadtest(f"{base}/predict/leaky", "--requests", "100")
     finally:
         stop(process)
-    assert result.returncode in (3, 5), (result.stdout, result.stderr)
+    assert result.returncode in (1, 3, 5), (result.stdout, result.stderr[-2000:])
     assert "NO_LEAK" not in result.stdout
-    assert "overhead_budget" in result.stderr or "more requests would help" in result.stderr
+    if result.returncode == 3:
+        assert "overhead_budget" in result.stderr
+    else:
+        assert "fresh memory readings" in result.stderr
 
 
 def test_varying_bodies_drive_a_per_input_cache(tmp_path: Path) -> None:
