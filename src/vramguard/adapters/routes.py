@@ -60,6 +60,8 @@ class _Route:
     overlapped: int = 0
     retained: int = 0
     measured: int = 0
+    first_seen: float | None = None  # on the web guard's clock: for the route's request rate
+    last_seen: float | None = None
     series: float = 0.0  # the running sum of clipped deltas (see RouteBook.measure)
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=_RECENT))
     samples: list[Sample] = field(default_factory=list)
@@ -83,11 +85,23 @@ class RouteBook:
             route = self._routes[name] = _Route()
         return route
 
-    def count(self, name: str, *, overlapped: bool = False) -> None:
-        """One request of ``name`` ended (overlapping others or not)."""
+    def count(self, name: str, *, overlapped: bool = False, now: float | None = None) -> None:
+        """One request of ``name`` ended ``now`` (overlapping others or not)."""
         route = self._route(name)
         route.requests += 1
         route.overlapped += overlapped
+        if now is not None:
+            if route.first_seen is None:
+                route.first_seen = now
+            route.last_seen = now
+
+    def rate(self, name: str) -> float | None:
+        """The route's requests per second so far (None: too few to tell)."""
+        route = self._routes[name]
+        if route.first_seen is None or route.last_seen is None or route.requests < 2:
+            return None
+        span = route.last_seen - route.first_seen
+        return (route.requests - 1) / span if span > 0 else None
 
     def measure(self, name: str, time: float, retained: int) -> None:
         """One counted request of ``name`` ran alone and kept ``retained`` bytes (may be

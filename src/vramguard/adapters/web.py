@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vramguard.adapters.attribution import Attribution, Window, WindowLog, attribute
 from vramguard.adapters.counter import Counter
@@ -123,6 +123,7 @@ class WebGuard:
         self._windows = windows or Windows(self.options.diagnose_requests,
                                            self.options.diagnose_every, clock)
         self._verdict_checked: dict[str, float] = {}
+        self._unhealthy: Health | None = None  # the last unhealthy answer (held, see health())
 
     # -- per request (hot path) -----------------------------------------------------------------
     def begin(self) -> Ticket | None:
@@ -173,7 +174,7 @@ class WebGuard:
                 now = self._clock()
                 self._request_time = _ewma(self._request_time, now - ticket.started)
                 alone = ticket.alone and self._seq == ticket.seq
-                self._routes.count(name, overlapped=not alone)
+                self._routes.count(name, overlapped=not alone, now=now)
                 finished = self._ledger.end(ticket.window, ticket.started, now, name)
                 self._book(finished)
                 if self._in_flight and self._ledger.ended_since_cut >= max(
@@ -364,11 +365,66 @@ class WebGuard:
         return self._counter.reason
 
     def health(self) -> Health:
-        """Whether a liveness probe should pass (see :func:`decide_health`)."""
+        """Whether a liveness probe should pass (see :func:`decide_health`).
+
+        Unhealthy when the overall verdict's leak, or one route's leak at that route's request
+        rate, is predicted to reach the limit in time. Once unhealthy it stays so until a verdict
+        says "no leak" again: a verdict that went inconclusive for a while (fewer samples, a
+        noisy stretch) does not turn a pod that is still leaking healthy (no flapping).
+        """
         options = self.options
-        return decide_health(self.verdict(), self.guard.samples, self._clock(),
-                             within=options.unhealthy_within, limit=options.unhealthy_limit,
-                             above=options.unhealthy_above, above_for=options.unhealthy_for)
+        overall = self.verdict()
+        samples = self.guard.samples
+        now = self._clock()
+
+        def judge(verdict: Verdict) -> Health:
+            return decide_health(verdict, samples, now, within=options.unhealthy_within,
+                                 limit=options.unhealthy_limit, above=options.unhealthy_above,
+                                 above_for=options.unhealthy_for)
+
+        health = judge(overall)
+        cleared = overall.kind is VerdictKind.NO_LEAK
+        if health.healthy:
+            for name, verdict in self._route_leaks(overall):
+                found = judge(verdict)
+                if not found.healthy:
+                    health = Health(False, f"route {name}: {found.reason}",
+                                    found.seconds_to_limit)
+                    break
+        with self._lock:
+            held = self._unhealthy
+            if not health.healthy:
+                self._unhealthy = health
+            elif held is not None and not cleared:
+                return Health(False, f"{held.reason} (held: no verdict has said no leak since)",
+                              held.seconds_to_limit)
+            else:
+                self._unhealthy = None
+        return health
+
+    def _route_leaks(self, overall: Verdict) -> list[tuple[str, Verdict]]:
+        # Each leaking route as a verdict health can read: its bytes per request times its
+        # request rate, from the process's current level (the overall series' last value).
+        level = overall.end_bytes
+        if level is None:
+            level = next((s.allocated for s in reversed(self.guard.samples)
+                          if s.allocated is not None), None)
+        capacity = overall.capacity_bytes
+        leaks = []
+        for counts in self.routes():
+            verdict = self.route_verdict(counts.route)
+            growth = verdict.growth
+            with self._lock:
+                rate = self._routes.rate(counts.route)
+            if not verdict.is_leak or growth is None or rate is None or level is None:
+                continue
+            per_second = growth.bytes_per_request * rate
+            to_full = None if capacity is None else (
+                0.0 if level >= capacity else (capacity - level) / per_second)
+            leaks.append((counts.route, replace(
+                verdict, end_bytes=level, capacity_bytes=capacity,
+                growth=replace(growth, bytes_per_second=per_second, seconds_to_full=to_full))))
+        return leaks
 
     def _fail(self, where: str) -> None:
         # The service must not notice: log the first failure of each kind with its traceback and
