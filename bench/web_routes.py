@@ -76,7 +76,8 @@ def true_bytes_per_request(rows: int) -> float:
     for i in range(200, 1200):
         kept[i] = model(torch.randn(rows, 32))
     after = heap.read()
-    assert before is not None and after is not None
+    assert before is not None
+    assert after is not None
     return (after - before) / 1000
 
 
@@ -143,11 +144,11 @@ def concurrent(total: int, rows: int, truth: float) -> None:
                 time.sleep(0.05)
                 if done[0] - shown >= 250:
                     shown = done[0] // 250 * 250
-                    status, by_route = routes(http)
+                    _, by_route = routes(http)
                     show(shown, by_route)
             for thread in threads:
                 thread.join()
-            status, by_route = routes(http)
+            _status, by_route = routes(http)
     finally:
         process.kill()
         process.wait()
