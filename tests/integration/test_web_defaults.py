@@ -102,13 +102,19 @@ def _truth(rows: int) -> float:
 
     from vramguard.readers.heap import HeapCounter
 
-    heap, model, kept = HeapCounter(), torch.nn.Linear(32, 8), {}
-    for i in range(100):
-        kept[i] = model(torch.randn(rows, 32))
-    before = heap.read()
-    for i in range(100, 600):
-        kept[i] = model(torch.randn(rows, 32))
-    after = heap.read()
+    # As the server runs it (one torch thread: with two, the same code keeps a different amount).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        heap, model, kept = HeapCounter(), torch.nn.Linear(32, 8), {}
+        for i in range(100):
+            kept[i] = model(torch.randn(rows, 32))
+        before = heap.read()
+        for i in range(100, 600):
+            kept[i] = model(torch.randn(rows, 32))
+        after = heap.read()
+    finally:
+        torch.set_num_threads(threads)
     assert before is not None
     assert after is not None
     return (after - before) / 500
