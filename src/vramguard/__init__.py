@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from vramguard.guard import Guard
     from vramguard.oom import on_oom
     from vramguard.release import Released, release
-    from vramguard.runner import CheckResult, run_check
+    from vramguard.report import DiagnosisTimings, Report
+    from vramguard.runner import CheckResult, run_check, run_check_async
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,9 @@ _LAZY = {
     "TensorGrowth": "vramguard.analysis.suspects",
     "CheckResult": "vramguard.runner",
     "run_check": "vramguard.runner",
+    "run_check_async": "vramguard.runner",
+    "Report": "vramguard.report",
+    "DiagnosisTimings": "vramguard.report",
     "on_oom": "vramguard.oom",
     "release": "vramguard.release",
     "Released": "vramguard.release",
@@ -41,10 +45,12 @@ _LAZY = {
 
 __all__ = [
     "CheckResult",
+    "DiagnosisTimings",
     "EnvironmentProblem",
     "Growth",
     "Guard",
     "Released",
+    "Report",
     "Sample",
     "Site",
     "Suspect",
@@ -56,10 +62,26 @@ __all__ = [
     "VramguardError",
     "__version__",
     "decide",
+    "load_ipython_extension",
     "on_oom",
     "release",
     "run_check",
+    "run_check_async",
 ]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext vramguard``: guard each executed cell as one step (see :mod:`vramguard.ipython`)."""
+    from vramguard.ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext vramguard``: stop guarding cells."""
+    from vramguard.ipython import unload_ipython_extension as unload
+
+    unload(ipython)
 
 
 def __getattr__(name: str) -> Any:

@@ -92,3 +92,14 @@ class GpuLost(NvmlError):
         super().__init__(message, code=code, hint="check `dmesg` for Xid errors; the GPU "
                          "usually needs a reset or a reboot")
         self.index = index
+
+
+class LeakDetected(VramguardError):
+    """A training callback found a leak and was asked to raise (``on_leak="raise"``); ``report``
+    is the :class:`vramguard.Report` (issue 10, h10)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict, decide
 from vramguard.distributed.groups import GroupCounts
+from vramguard.guard_diagnosis import GuardDiagnosis, build_report
 from vramguard.readers.census import Census, TensorGroup, diff_groups
 from vramguard.readers.device import Device, resolve_device
 from vramguard.readers.rank import RankIdentity, read_identity
@@ -36,6 +37,7 @@ from vramguard.sampling import Budget, History
 
 if TYPE_CHECKING:
     from vramguard.oom import OomWatch
+    from vramguard.report import Report
 
 _log = logging.getLogger("vramguard")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,6 +62,9 @@ class Guard:
     ``sampler`` (what reads memory) are injectable for tests and custom readers.
     ``oom_report``: a file to write the OOM post-mortem to when an out-of-memory error leaves a
     step (and, on CUDA, when the allocator runs out anywhere); see :mod:`vramguard.oom`.
+    ``diagnose``: "auto" runs the next ``diagnose_steps`` steps after the first leak verdict under
+    the allocation-site tracker, so :meth:`report` can name site, root and fix; "never": no
+    window. ``unit``: what one step is called in reports ("step" for training, "request").
     """
 
     def __init__(
@@ -73,6 +78,9 @@ class Guard:
         clock: Callable[[], float] = time.perf_counter,
         oom_report: str | os.PathLike[str] | None = None,
         sampler: Sampler | None = None,
+        diagnose: str = "auto",
+        diagnose_steps: int = 30,
+        unit: str = "step",
     ) -> None:
         if overhead_budget is not None and not 0 < overhead_budget < 1:
             raise ValueError(f"overhead_budget must be between 0 and 1, got {overhead_budget!r}")
@@ -101,6 +109,14 @@ class Guard:
         self._latest: Census | None = None
         self._verdict: Verdict | None = None
         self._verdict_key: tuple[int, int] = (-1, -1)
+        # -- issue 10 (h10): the Guard explains itself; logic in vramguard.guard_diagnosis --------
+        if diagnose not in ("auto", "never"):
+            raise ValueError(f"diagnose must be 'auto' or 'never', got {diagnose!r}")
+        if unit not in ("step", "request"):
+            raise ValueError(f"unit must be 'step' or 'request', got {unit!r}")
+        self.unit = unit
+        self._diagnosis = GuardDiagnosis(diagnose_steps) if diagnose == "auto" else None
+        # -- end issue 10 ----------------------------------------------------------------------
         self._oom: OomWatch | None = None
         # Live process groups at each sample (vramguard.distributed judges their growth).
         self.process_groups = GroupCounts(max_samples // 2)
@@ -119,6 +135,7 @@ class Guard:
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                tracking = self._diagnosis and self._diagnosis.enter()  # issue 10: window
                 started = self._clock()
                 try:
                     return await fn(*args, **kwargs)
@@ -126,11 +143,14 @@ class Guard:
                     self._step_failed(exc)
                     raise
                 finally:
+                    if tracking:
+                        self._diagnosis.leave(tracking)  # type: ignore[union-attr]
                     self._end_step(started)
             return cast(F, async_wrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            tracking = self._diagnosis and self._diagnosis.enter()  # issue 10: window
             started = self._clock()
             try:
                 return fn(*args, **kwargs)
@@ -138,6 +158,8 @@ class Guard:
                 self._step_failed(exc)
                 raise
             finally:
+                if tracking:
+                    self._diagnosis.leave(tracking)  # type: ignore[union-attr]
                 self._end_step(started)
         return cast(F, wrapper)
 
@@ -326,7 +348,15 @@ class Guard:
         verdict = decide(samples, warmup=self._warmup, min_growth=self._min_growth())
         with self._lock:
             self._verdict, self._verdict_key = verdict, key
+        if verdict.is_leak and self._diagnosis is not None:  # issue 10: open the window once
+            self._diagnosis.saw_leak(self)
         return verdict
+
+    def report(self, target: str = "Guard", *, wait_s: float | None = 60.0) -> Report:
+        """The verdict explained: a :class:`vramguard.Report` (``str()`` it, ``to_dict()``,
+        ``to_html(path)``). After a leak it waits (``wait_s`` at most) for the diagnosis window's
+        analysis; costs a census on a leak, so call it for a report, never per step."""
+        return build_report(self, target, wait_s)  # issue 10: vramguard.guard_diagnosis
 
     def growing_tensors(self, limit: int = 5) -> list[tuple[TensorGroup, int, int]]:
         """Tensor groups that grew between the census after warm-up (the baseline) and now; empty
@@ -347,17 +377,22 @@ class Guard:
 
 
 class _Step:
-    __slots__ = ("_guard", "_started")
+    __slots__ = ("_guard", "_started", "_tracking")
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
         self._started = 0.0
+        self._tracking: Any = None
 
     def __enter__(self) -> _Step:
+        diagnosis = self._guard._diagnosis  # issue 10: the diagnosis window tracks sites
+        self._tracking = diagnosis and diagnosis.enter()
         self._started = self._guard._clock()
         return self
 
     def __exit__(self, exc_type: object, error: BaseException | None, tb: object) -> None:
+        if self._tracking:  # issue 10: leave the diagnosis window's tracker first
+            self._guard._diagnosis.leave(self._tracking)  # type: ignore[union-attr]
         if error is not None:  # the one test the error-free path pays
             self._guard._step_failed(error)
         self._guard._end_step(self._started)

@@ -25,8 +25,8 @@ from vramguard.adapters.web import WebGuard
 from vramguard.adapters.window import RouteDiagnosis
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict
+from vramguard.report import Report as CheckResult
 from vramguard.reporters.json_report import check_document
-from vramguard.runner import CheckResult
 
 STATUS_SCHEMA = "vramguard.status/1"
 _log = logging.getLogger("vramguard")

@@ -95,7 +95,9 @@ class WebGuard:
         # before/after pairs that attribute memory to routes (see _pair_period).
         self.guard = Guard(device, overhead_budget=None if overhead_budget is None
                            else overhead_budget * 0.5, warmup=warmup,
-                           census_every=census_every, clock=clock, sampler=self._sampler)
+                           census_every=census_every, clock=clock, sampler=self._sampler,
+                           # h10: the web guard runs its own per-route diagnosis windows
+                           diagnose="never", unit="request")
         self.options = options or WebOptions()
         self._budget = overhead_budget
         self._clock = clock

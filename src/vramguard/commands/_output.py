@@ -15,9 +15,9 @@ import click
 from vramguard.analysis.verdict import VerdictKind
 from vramguard.commands._evidence import inconclusive_message
 from vramguard.errors import EXIT_INCONCLUSIVE, EXIT_LEAK, EXIT_OK, TargetFailed
+from vramguard.report import Report as CheckResult
 from vramguard.reporters.json_report import check_document
 from vramguard.reporters.text import render_check
-from vramguard.runner import CheckResult
 
 EXIT_NO_LEAK = EXIT_OK
 

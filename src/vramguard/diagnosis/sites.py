@@ -60,7 +60,9 @@ class FrameFilter:
         known = self._cache.get(filename)
         if known is None:
             if filename.startswith("<"):
-                known = False  # <frozen importlib>, <string>: not a line the user can open
+                # <frozen importlib>, <string>: not a line the user can open; an IPython cell
+                # (<ipython-input-12-...>) is the user's code (h10: the Jupyter extension).
+                known = filename.startswith("<ipython-input-")
             else:
                 path = os.path.abspath(filename)
                 known = path.startswith(self._included) or not path.startswith(self._excluded)

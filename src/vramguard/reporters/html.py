@@ -1,6 +1,6 @@
 """The HTML report: one self-contained file (no network: styles, chart and script inline).
 
-``chart_model`` turns a :class:`~vramguard.runner.CheckResult` into plain chart geometry (pure,
+``chart_model`` turns a :class:`~vramguard.report.Report` into plain chart geometry (pure,
 unit-tested); ``render_html`` writes the page around it: the verdict, an SVG chart of allocated
 memory over requests with the fitted trend, the warm-up shaded and the detection point marked,
 then the suspects with their allocation sites, reference paths, causes and fixes. Diagnosis
@@ -20,8 +20,8 @@ import numpy as np
 from vramguard.analysis.suspects import Suspect
 from vramguard.analysis.trend import fit_trend
 from vramguard.analysis.verdict import VerdictKind
+from vramguard.report import Report as CheckResult
 from vramguard.reporters._html_assets import CSS, SCRIPT
-from vramguard.runner import CheckResult
 from vramguard.units import format_bytes
 
 # Geometry of the SVG viewBox; the page scales it to its width.

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from vramguard.analysis.suspects import Suspect
-from vramguard.runner import CheckResult
+from vramguard.report import Report as CheckResult
 
 SCHEMA = "vramguard.check/1"
 
@@ -64,4 +64,10 @@ def check_document(result: CheckResult) -> dict[str, Any]:
         },
         "warnings": list(verdict.warnings),
         "suspects": [suspect_document(s) for s in result.suspects],
+        "unit": result.unit,
+        "diagnosis": None if result.diagnosis is None else {
+            "steps": result.diagnosis.steps,
+            "window_seconds": result.diagnosis.window_s,
+            "analysis_seconds": result.diagnosis.analysis_s,
+        },
     }

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from vramguard.analysis.suspects import Suspect
 from vramguard.analysis.verdict import VerdictKind
-from vramguard.runner import CheckResult
+from vramguard.report import Report
 from vramguard.units import format_bytes
 
 _STYLE = {
@@ -19,7 +19,7 @@ _STYLE = {
 }
 
 
-def render_check(result: CheckResult, stream: TextIO, *, color: bool | None = None) -> None:
+def render_check(result: Report, stream: TextIO, *, color: bool | None = None) -> None:
     """Write the report of a check to ``stream``; ``color=None`` decides from the stream.
 
     ``color=False`` is plain text: no colour *and* no bold or other escape codes (rich's own
@@ -32,21 +32,25 @@ def render_check(result: CheckResult, stream: TextIO, *, color: bool | None = No
                       highlight=False, soft_wrap=True)
     verdict = result.verdict
     style = _STYLE.get(verdict.kind, "bold yellow")
+    unit = result.unit  # "request" for services, "step" for training (Guard(unit=...))
     console.print(f"[{style}]{verdict.kind.value.upper()}[/] {result.target} on {result.device}"
-                  f" after {result.requests} requests (warm-up {result.warmup})")
-    console.print(f"  {verdict.reason}", markup=False)
+                  f" after {result.requests} {unit}s (warm-up {result.warmup})")
+    console.print(f"  {result.words(verdict.reason)}", markup=False)
     if verdict.growth is not None:
-        console.print(f"  growth: {verdict.growth}", markup=False)
+        console.print(f"  growth: {result.words(str(verdict.growth))}", markup=False)
     if verdict.detected_after is not None:
-        console.print(f"  detected after request {verdict.detected_after}")
+        console.print(f"  detected after {unit} {verdict.detected_after}")
     console.print(f"  memory: {format_bytes(verdict.start_bytes)} -> {format_bytes(verdict.end_bytes)}"
                   f" of {format_bytes(verdict.capacity_bytes)}", markup=False)
     for warning in verdict.warnings:
-        console.print(f"  [yellow]warning:[/] {warning}")
+        console.print(f"  [yellow]warning:[/] {result.words(warning)}")
     if result.suspects:
         console.print("  growing tensors:")
         for rank, suspect in enumerate(result.suspects, 1):
             _render_suspect(console, rank, suspect)
+    if result.diagnosis is not None:
+        console.print(f"  diagnosis: {str(result.diagnosis).replace('step', unit)}",
+                      markup=False)
 
 
 def _render_suspect(console: Console, rank: int, suspect: Suspect) -> None:

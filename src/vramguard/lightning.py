@@ -1,0 +1,119 @@
+"""PyTorch Lightning: ``VramGuardCallback`` guards every training batch (and validation batch).
+
+    from vramguard.lightning import VramGuardCallback
+
+    trainer = lightning.Trainer(callbacks=[VramGuardCallback(on_leak="stop", report="leak.html")])
+
+One Guard per rank (each process has its own callback) over training batches, one for validation;
+``vramguard/allocated_bytes``, ``vramguard/growth_bytes_per_step`` and ``vramguard/leak`` go
+through the trainer's logger every ``check_every`` steps. On a leak, once the Guard's diagnosis
+window has explained it: a :class:`~vramguard._training.LeakWarning` with the report ("warn"),
+:class:`~vramguard.errors.LeakDetected` ("raise"), or ``trainer.should_stop`` ("stop"). With
+``report=PATH`` the report (text, or HTML/JSON by the suffix) is written at the leak and at the
+end of training, whatever the verdict. Needs ``pip install 'vramguard[lightning]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vramguard._training import LeakWarning, TrainingWatch
+
+try:  # the unified package first; the standalone one has the same Callback API
+    from lightning.pytorch import Callback
+except ImportError:  # pragma: no cover - depends on which Lightning is installed
+    try:
+        from pytorch_lightning import Callback  # type: ignore[assignment]
+    except ImportError as error:
+        from vramguard.errors import EnvironmentProblem
+
+        raise EnvironmentProblem("vramguard.lightning needs PyTorch Lightning",
+                                 hint="pip install 'vramguard[lightning]'") from error
+
+__all__ = ["LeakWarning", "VramGuardCallback"]
+
+
+class VramGuardCallback(Callback):
+    """Watch a Lightning run for memory leaks (see the module docstring).
+
+    ``on_leak``: "warn" | "raise" | "stop". ``log_metrics``: log the three metrics through
+    ``pl_module.log``. ``report``: a path for the report. ``check_every``: steps between verdicts.
+    ``device``: the Guard's device (None: the module's). Other keyword arguments go to the
+    :class:`~vramguard.Guard` (``warmup``, ``diagnose``, ``diagnose_steps``, ``overhead_budget``).
+    """
+
+    def __init__(self, on_leak: str = "warn", log_metrics: bool = True,
+                 report: str | os.PathLike[str] | None = None, *, check_every: int = 50,
+                 device: str | None = None, **guard_options: Any) -> None:
+        super().__init__()
+        self.log_metrics = log_metrics
+        self.train = TrainingWatch("training", on_leak=on_leak, report=report,
+                                   check_every=check_every, device=device,
+                                   guard_options=guard_options)
+        self.validation = TrainingWatch("validation", on_leak=on_leak, check_every=check_every,
+                                        device=device, guard_options=guard_options)
+        self.report: Any = None  # the last report written or acted on
+
+    # -- training -------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        """Start the step (and the Guard, on the module's device, on first use)."""
+        if self.train.guard is None:
+            self.train.target = _target(pl_module, trainer, "training")
+            self.train.start(_device(pl_module))
+        self.train.begin()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """End the step; every ``check_every`` steps: verdict, metrics, and the leak action."""
+        if self.train.end():
+            self._check(self.train, trainer, pl_module, "vramguard/")
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Act on a leak not acted on yet; write the report whatever the verdict."""
+        self.report = self.train.finish() or self.report
+
+    # -- validation -----------------------------------------------------------------------------
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Validation steps get a Guard of their own (sanity checks are not guarded)."""
+        if trainer.sanity_checking:
+            return
+        if self.validation.guard is None:
+            self.validation.target = _target(pl_module, trainer, "validation")
+            self.validation.start(_device(pl_module))
+        self.validation.begin()
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        """End the validation step; verdicts on the validation Guard's own schedule."""
+        if self.validation.end():
+            self._check(self.validation, trainer, pl_module, "vramguard/val_")
+
+    # -- errors ---------------------------------------------------------------------------------
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """Close an open step with the error (an OOM writes the Guard's post-mortem if asked)."""
+        for watch in (self.train, self.validation):
+            watch.end(exception)
+
+    def _check(self, watch: TrainingWatch, trainer: Any, pl_module: Any, prefix: str) -> None:
+        action = watch.check()
+        if self.log_metrics:
+            for name, value in watch.metrics(prefix).items():
+                pl_module.log(name, value, on_step=True, on_epoch=False)
+        if action is not None:
+            self.report = watch.act(action)
+            if action == "stop":
+                trainer.should_stop = True
+
+
+def _device(pl_module: Any) -> str:
+    device = getattr(pl_module, "device", None)
+    return "auto" if device is None else str(device)
+
+
+def _target(pl_module: Any, trainer: Any, phase: str) -> str:
+    rank = getattr(trainer, "global_rank", 0)
+    suffix = f", rank {rank}" if getattr(trainer, "world_size", 1) > 1 else ""
+    return f"{type(pl_module).__name__} {phase}{suffix}"
