@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from vramguard.adapters.attribution import Attribution, Window, WindowLog, attribute
 from vramguard.adapters.counter import Counter
-from vramguard.adapters.health import Health, decide_health
+from vramguard.adapters.health import Health, decide_health, hold
 from vramguard.adapters.ledger import Finished, Ledger
 from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import UNMATCHED, RouteBook, RouteCounts, combine
@@ -73,9 +73,11 @@ class CleanupStats:
 class WebGuard:
     """One guarded web app: the Guard, per-route series, clean-up and health.
 
-    ``overhead_budget``/``warmup``/``census_every`` go to the :class:`~vramguard.guard.Guard`;
-    ``overhead_budget=None`` reads memory around every request that runs alone (a verdict in
-    ~100 requests, for tests and load tests; milliseconds per request on CPU).
+    ``overhead_budget``/``warmup``/``census_every`` go to the :class:`~vramguard.guard.Guard`
+    (half of the budget; the route cuts get the other half). ``overhead_budget=None`` cuts at
+    every request, so each request that runs alone is measured exactly (a leaking route's
+    verdict within ~60 requests: for tests and load tests). ``counter`` (the cheap counter),
+    ``clock`` and ``windows`` are injectable for tests.
     """
 
     def __init__(
@@ -125,7 +127,9 @@ class WebGuard:
         self._windows = windows or Windows(self.options.diagnose_requests,
                                            self.options.diagnose_every, clock)
         self._verdict_checked: dict[str, float] = {}
-        self._unhealthy: Health | None = None  # the last unhealthy answer (held, see health())
+        # The last unhealthy answer and the verdict behind it (None: the overall one), held until
+        # that verdict says no leak (see health()).
+        self._unhealthy: tuple[str | None, Health | None] = (None, None)
 
     # -- per request (hot path) -----------------------------------------------------------------
     def begin(self) -> Ticket | None:
@@ -384,25 +388,23 @@ class WebGuard:
                                  limit=options.unhealthy_limit, above=options.unhealthy_above,
                                  above_for=options.unhealthy_for)
 
-        health = judge(overall)
-        cleared = overall.kind is VerdictKind.NO_LEAK
+        health, source = judge(overall), None
         if health.healthy:
             for name, verdict in self._route_leaks(overall):
                 found = judge(verdict)
                 if not found.healthy:
                     health = Health(False, f"route {name}: {found.reason}",
                                     found.seconds_to_limit)
+                    source = name
                     break
         with self._lock:
-            held = self._unhealthy
-            if not health.healthy:
-                self._unhealthy = health
-            elif held is not None and not cleared:
-                return Health(False, f"{held.reason} (held: no verdict has said no leak since)",
-                              held.seconds_to_limit)
-            else:
-                self._unhealthy = None
-        return health
+            held_source, held = self._unhealthy
+        cleared = held is None or (overall if held_source is None else self.route_verdict(
+            held_source)).kind is VerdictKind.NO_LEAK
+        answer, held = hold(held, health, cleared=cleared)
+        with self._lock:
+            self._unhealthy = (source if not health.healthy else held_source, held)
+        return answer
 
     def _route_leaks(self, overall: Verdict) -> list[tuple[str, Verdict]]:
         # Each leaking route as a verdict health can read: its bytes per request times its
