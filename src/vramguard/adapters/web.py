@@ -33,7 +33,7 @@ from vramguard.adapters.health import Health, decide_health, hold
 from vramguard.adapters.ledger import Finished, Ledger
 from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import UNMATCHED, RouteBook, RouteCounts, combine
-from vramguard.adapters.window import RouteDiagnosis, Windows
+from vramguard.adapters.window import RouteDiagnosis, Windows, WindowState
 from vramguard.analysis.suspects import Suspect, TensorGrowth
 from vramguard.analysis.verdict import Verdict, VerdictKind
 from vramguard.guard import Guard, _Step
@@ -197,9 +197,11 @@ class WebGuard:
 
     def _cut(self, now: float) -> None:
         # Under the lock. The read stays outside the Guard's step: it does not inflate its time.
-        started = time.perf_counter()
+        # Its cost is CPU time: on a loaded machine the wall clock also counts the time the
+        # thread waited for a core, which the read did not cost the service.
+        started = time.thread_time()
         value = self._counter.read()
-        cost = time.perf_counter() - started
+        cost = time.thread_time() - started
         # Machine noise only adds time: a cheaper read is believed at once (as in the Guard).
         self._read_cost = cost if cost < self._read_cost else _ewma(self._read_cost, cost)
         self._cuts += 1
@@ -257,6 +259,19 @@ class WebGuard:
                 self._windows.start(name, None)
         except Exception:  # diagnosis is extra: it stops, the guard and the request go on
             self._windows.fail("deciding whether to open a window")
+
+    def diagnose(self, route: str) -> bool:
+        """Open a diagnosis window on ``route`` now, whatever its verdict (an operator's "explain
+        this route"); False when one is already open or diagnosis is off."""
+        return self._windows.start(route, None)
+
+    def diagnosis_state(self, route: str) -> WindowState | None:
+        """The state of ``route``'s diagnosis window (None: none open for it)."""
+        return self._windows.state(route)
+
+    def join_diagnosis(self, timeout: float | None = None) -> None:
+        """Wait for the open diagnosis window's analysis to finish (tests, shutdown)."""
+        self._windows.join(timeout)
 
     def diagnosis(self, route: str) -> RouteDiagnosis | None:
         """The latest finished diagnosis window of ``route`` (None: none yet)."""
@@ -349,14 +364,14 @@ class WebGuard:
         with self._lock:
             exact = self._routes.verdict(route)
             requests = self._routes.counts(route).requests
+            upper = self._routes.upper(route)
         floor = _HEAP_FLOOR if self.guard.device.is_cpu else 0.0
-        return combine(exact, self.attribution().route(route), requests, floor=floor)
+        return combine(exact, self.attribution().route(route), requests, floor=floor,
+                       upper=upper)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
-        """One route's suspects (leaks only), once its diagnosis window finished: allocation
-        site, root, cause and fix (empty before)."""
-        if self.route_verdict(route).kind is not VerdictKind.LEAK:
-            return ()
+        """One route's suspects once a diagnosis window on it finished (opened by its leak
+        verdict, or by :meth:`diagnose`): allocation site, root, cause and fix (empty before)."""
         diagnosis = self._windows.result(route)
         return diagnosis.suspects[:limit] if diagnosis is not None else ()
 

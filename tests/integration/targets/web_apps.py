@@ -44,6 +44,20 @@ def leaky_app(*, sync: bool = False, rows: int = 4, work: int = 0,
         with torch.no_grad():
             return {"score": float(model(torch.randn(rows, 32)).mean())}
 
+    def truth() -> dict[str, float]:
+        # What one /leak request keeps, measured here (this process's allocator state): the
+        # same work 200 times, heap counter before and after. Call it while no request runs.
+        from vramguard.readers.heap import HeapCounter
+
+        heap = HeapCounter()
+        before = heap.read()
+        for _ in range(200):
+            kept[next(ids)] = model(torch.randn(rows, 32))
+        after = heap.read()
+        return {"bytes_per_request": -1.0 if before is None or after is None
+                else (after - before) / 200}
+
+    app.get("/truth")(truth)
     if sync:
         app.get("/leak")(leak)
         app.get("/clean")(clean)
