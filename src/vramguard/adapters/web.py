@@ -43,6 +43,7 @@ from vramguard.readers.sampler import Sampler
 _log = logging.getLogger("vramguard")
 _HEAP_FLOOR = 1024.0  # B/request: below it a route's growth is not called a leak (routes.combine)
 _OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests that ended
+_ATTRIBUTION_EVERY_S = 1.0  # the windows' fit is recomputed at most this often
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
 
 
@@ -117,7 +118,7 @@ class WebGuard:
         self._closing = False  # the last cut opened a sample: the next idle start closes it
         self._jitter = random.Random(0)
         self._read_cost = 0.0     # EWMA: seconds for one read of the counter
-        self._attribution: tuple[int, Attribution] | None = None
+        self._attribution: tuple[int, float, Attribution] | None = None  # (added, at, result)
         self._request_time = 0.0  # EWMA: seconds per request
         self._since_cleanup = 0
         self._cleanup = CleanupStats()
@@ -346,17 +347,20 @@ class WebGuard:
             return [self._routes.counts(name) for name in self._routes.names()]
 
     def attribution(self) -> Attribution:
-        """Per-route estimates over the attribution windows (cached until a window is added;
-        milliseconds to compute: for status and verdicts, not per request)."""
+        """Per-route estimates over the attribution windows. Recomputed when windows were added,
+        at most once every ``_ATTRIBUTION_EVERY_S`` of the clock (it costs milliseconds, tens
+        with dozens of routes, and per-route checks call it from request threads)."""
+        now = self._clock()
         with self._lock:
             added = self._log.added
             cached = self._attribution
-            if cached is not None and cached[0] == added:
-                return cached[1]
+            if cached is not None and (cached[0] == added
+                                       or now - cached[1] < _ATTRIBUTION_EVERY_S):
+                return cached[2]
             windows = self._log.windows()
         found = attribute(windows)
         with self._lock:
-            self._attribution = (added, found)
+            self._attribution = (added, now, found)
         return found
 
     def route_verdict(self, route: str) -> Verdict:
