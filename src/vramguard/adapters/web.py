@@ -257,7 +257,7 @@ class WebGuard:
             return
         self._verdict_checked[name] = now
         try:
-            if self.route_verdict(name).kind is VerdictKind.LEAK:
+            if self.route_verdict(name, fresh=False).kind is VerdictKind.LEAK:
                 self._windows.start(name, None)
         except Exception:  # diagnosis is extra: it stops, the guard and the request go on
             self._windows.fail("deciding whether to open a window")
@@ -346,16 +346,16 @@ class WebGuard:
         with self._lock:
             return [self._routes.counts(name) for name in self._routes.names()]
 
-    def attribution(self) -> Attribution:
-        """Per-route estimates over the attribution windows. Recomputed when windows were added,
-        at most once every ``_ATTRIBUTION_EVERY_S`` of the clock (it costs milliseconds, tens
-        with dozens of routes, and per-route checks call it from request threads)."""
+    def attribution(self, *, fresh: bool = True) -> Attribution:
+        """Per-route estimates over the attribution windows, recomputed when windows were added
+        (milliseconds; tens with dozens of routes). ``fresh=False`` (the per-route checks on
+        request threads) accepts a result up to ``_ATTRIBUTION_EVERY_S`` old instead."""
         now = self._clock()
         with self._lock:
             added = self._log.added
             cached = self._attribution
-            if cached is not None and (cached[0] == added
-                                       or now - cached[1] < _ATTRIBUTION_EVERY_S):
+            if cached is not None and (cached[0] == added or (
+                    not fresh and now - cached[1] < _ATTRIBUTION_EVERY_S)):
                 return cached[2]
             windows = self._log.windows()
         found = attribute(windows)
@@ -363,7 +363,7 @@ class WebGuard:
             self._attribution = (added, now, found)
         return found
 
-    def route_verdict(self, route: str) -> Verdict:
+    def route_verdict(self, route: str, *, fresh: bool = True) -> Verdict:
         """The verdict of one route (KeyError for a route never seen): from its exactly measured
         requests and from the attribution windows, see :func:`~vramguard.adapters.routes.combine`."""
         with self._lock:
@@ -371,7 +371,7 @@ class WebGuard:
             requests = self._routes.counts(route).requests
             upper = self._routes.upper(route)
         floor = _HEAP_FLOOR if self.guard.device.is_cpu else 0.0
-        return combine(exact, self.attribution().route(route), requests, floor=floor,
+        return combine(exact, self.attribution(fresh=fresh).route(route), requests, floor=floor,
                        upper=upper)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
