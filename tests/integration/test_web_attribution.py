@@ -124,3 +124,18 @@ def test_healthz_turns_503_on_a_route_leak_of_a_sequential_client() -> None:
     health = server.web.health()
     assert not health.healthy
     assert health.reason.startswith("route /leak: "), health.reason
+
+
+def test_cleanup_every_n_requests_runs_between_requests_and_reports_its_cost() -> None:
+    server = Server()
+    server.web = WebGuard("cpu", counter=Counter(resolve_device("cpu"), read=lambda: server.heap),
+                          clock=server.clock,
+                          options=WebOptions.parse(cleanup_every=10, diagnose_requests=0))
+    for _ in range(30):
+        ticket = server.web.begin()
+        server.now += 0.001
+        server.web.end(ticket, "/a")
+    stats = server.web.cleanups
+    assert stats.runs == 3
+    assert stats.seconds > 0
+    assert "3 clean-ups" in str(stats)

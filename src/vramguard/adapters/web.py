@@ -17,7 +17,6 @@ the request: a failure is logged once and the request goes on unguarded.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import random
@@ -28,6 +27,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
 from vramguard.adapters.attribution import Attribution, Window, WindowLog, attribute
+from vramguard.adapters.cleanup import Cleanup, CleanupStats
 from vramguard.adapters.counter import Counter
 from vramguard.adapters.health import Health, decide_health, hold
 from vramguard.adapters.ledger import Finished, Ledger
@@ -56,19 +56,6 @@ class Ticket:
     alone: bool
     window: int     # the attribution window it began in (see adapters/ledger.py)
     started: float  # on the web guard's clock
-
-
-@dataclass(frozen=True, slots=True)
-class CleanupStats:
-    """What the clean-up policy did: runs, bytes it gave back (None: unknown), time it cost."""
-
-    runs: int = 0
-    freed_bytes: int | None = None
-    seconds: float = 0.0
-
-    def __str__(self) -> str:
-        freed = "unknown" if self.freed_bytes is None else f"{self.freed_bytes} B"
-        return f"{self.runs} clean-ups freed {freed} in {self.seconds * 1000:.1f} ms"
 
 
 class WebGuard:
@@ -120,8 +107,7 @@ class WebGuard:
         self._read_cost = 0.0     # EWMA: seconds for one read of the counter
         self._attribution: tuple[int, float, Attribution] | None = None  # (added, at, result)
         self._request_time = 0.0  # EWMA: seconds per request
-        self._since_cleanup = 0
-        self._cleanup = CleanupStats()
+        self._cleaner = Cleanup(self.options, self.guard.device, self._sampler)
         self._broken = False
         self._logged: set[str] = set()
         # Diagnosis windows (see adapters/window.py): ``windows`` is injectable for tests.
@@ -193,7 +179,7 @@ class WebGuard:
             if self._windows.open:
                 self._windows.ended(name)
             if quiet:
-                self._maybe_cleanup()
+                self._cleaner.quiet()
         except Exception:
             self._fail("end")
 
@@ -280,49 +266,15 @@ class WebGuard:
         return self._windows.result(route)
 
     # -- clean-up -------------------------------------------------------------------------------
-    def _maybe_cleanup(self) -> None:
-        options = self.options
-        if options.cleanup_every is None and options.cleanup_above is None:
-            return
-        with self._lock:
-            self._since_cleanup += 1
-            due = options.cleanup_every is not None and self._since_cleanup >= options.cleanup_every
-        if not due and options.cleanup_above is not None and not self.guard.device.is_cpu:
-            sample = self._sampler.read(0, 0.0)
-            if sample.reserved is not None and sample.allocated is not None:
-                due = sample.reserved - sample.allocated > options.cleanup_above
-        if due:
-            self.cleanup()
-
     def cleanup(self) -> CleanupStats:
         """Run gc and release the allocator's cached blocks now; returns the running totals."""
-        def level() -> int | None:
-            if self.guard.device.is_cpu:
-                return self._sampler.read(0, 0.0).device_used  # RSS: what the host gets back
-            return self._sampler.read(0, 0.0).reserved
-        before = level()
-        started = time.perf_counter()
-        gc.collect()
-        if not self.guard.device.is_cpu:
-            from vramguard._torch import require_torch
-            from vramguard.release import empty_cache
-
-            empty_cache(require_torch(), self.guard.device)
-        cost = time.perf_counter() - started
-        after = level()
-        with self._lock:
-            old = self._cleanup
-            freed = None if before is None or after is None or (
-                old.runs and old.freed_bytes is None) else (old.freed_bytes or 0) + before - after
-            self._cleanup = CleanupStats(old.runs + 1, freed, old.seconds + cost)
-            self._since_cleanup = 0
-            return self._cleanup
+        return self._cleaner.run()
 
     # -- results --------------------------------------------------------------------------------
     @property
     def cleanups(self) -> CleanupStats:
         """Running totals of the clean-up policy."""
-        return self._cleanup
+        return self._cleaner.stats
 
     @property
     def in_flight(self) -> int:
