@@ -65,6 +65,7 @@ class _Route:
     last_seen: float | None = None
     series: float = 0.0  # the running sum of clipped deltas (see RouteBook.measure)
     square: float = 0.0  # ... and of their squares: the bound on bytes/request (``upper``)
+    clip: tuple[float, float] | None = None  # the clipping range, from ``recent``
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=_RECENT))
     samples: list[Sample] = field(default_factory=list)
     verdict: Verdict | None = None
@@ -115,7 +116,10 @@ class RouteBook:
         route = self._route(name)
         route.measured += 1
         route.retained += retained
-        clipped = _clip(retained, route.recent)
+        if route.measured % 16 == 1 or route.clip is None:  # refreshed every 16: hot path
+            route.clip = _clip_range(route.recent)
+        clipped = float(retained) if route.clip is None else min(
+            max(float(retained), route.clip[0]), route.clip[1])
         route.series += clipped
         route.square += clipped * clipped
         route.recent.append(retained)
@@ -160,13 +164,14 @@ class RouteBook:
         return route.verdict
 
 
-def _clip(delta: int, recent: deque[int]) -> float:
+def _clip_range(recent: deque[int]) -> tuple[float, float] | None:
+    # Median +- 4 robust deviations of the recent deltas (None: too few to tell).
     if len(recent) < 8:
-        return float(delta)
+        return None
     values = np.fromiter(recent, dtype=float, count=len(recent))
     median = float(np.median(values))
     spread = max(1.4826 * float(np.median(np.abs(values - median))), _MIN_SPREAD)
-    return min(max(float(delta), median - 4 * spread), median + 4 * spread)
+    return median - 4 * spread, median + 4 * spread
 
 
 def combine(exact: Verdict, estimate: RouteEstimate | None, requests: int, *,
