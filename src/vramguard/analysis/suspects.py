@@ -58,10 +58,17 @@ class Suspect:
     fix: str | None = None
     graph_nodes: int | None = None
 
+    @property
+    def title(self) -> str:
+        """What grew, in a few words: the tensor group, the autograd nodes, or child processes."""
+        if self.tensors is not None:
+            return str(self.tensors)
+        if self.graph_nodes is not None:
+            return f"autograd graph: {self.graph_nodes:+d} nodes (host memory outside tensors)"
+        return "child processes"
+
     def __str__(self) -> str:
-        what = "child processes" if self.graph_nodes is None else \
-            f"{self.graph_nodes:+d} autograd graph nodes"
-        parts = [str(self.tensors) if self.tensors is not None else what]
+        parts = [self.title]
         if self.cause:
             parts.append(f"cause: {self.cause}")
         if self.allocated_at:

@@ -212,8 +212,8 @@ def _chart_data(chart: ChartModel, requests: int) -> str:
 def _suspect_html(rank: int, suspect: Suspect) -> str:
     t = suspect.tensors
     cause = f'<span class="cause">{escape(suspect.cause)}</span>' if suspect.cause else ""
-    if t is None:  # growth outside this process's tensors (worker processes)
-        parts = [f'<section class="suspect"><h3>{rank}. Child processes{cause}</h3>']
+    if t is None:  # growth outside tensors: autograd nodes, or worker processes
+        parts = [f'<section class="suspect"><h3>{rank}. {escape(suspect.title)}{cause}</h3>']
     else:
         # The text report's words: "Tensor(8x128, float32, cpu, grad_fn=ReluBackward0)", then
         # the counts, so the two reports name a suspect the same way.

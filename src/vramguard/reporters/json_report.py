@@ -34,6 +34,7 @@ def suspect_document(suspect: Suspect) -> dict[str, Any]:
         "held_by": suspect.held_by,
         "cause": None if suspect.cause is None else str(suspect.cause),
         "fix": suspect.fix,
+        "graph_nodes": suspect.graph_nodes,
     }
 
 

@@ -55,8 +55,7 @@ def render_check(result: Report, stream: TextIO, *, color: bool | None = None) -
 
 def _render_suspect(console: Console, rank: int, suspect: Suspect) -> None:
     # One fact per line: a path from a root or a fix is long, and "; "-joined it is unreadable.
-    what = "child processes" if suspect.tensors is None else str(suspect.tensors)
-    head = f"    {rank}. {what}"
+    head = f"    {rank}. {suspect.title}"
     if suspect.cause:
         head += f" [{suspect.cause}]"
     console.print(head, markup=False, style="bold")
