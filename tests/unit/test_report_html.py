@@ -104,7 +104,7 @@ def test_report_shows_a_child_process_suspect() -> None:
     suspect = Suspect(None, retained_bytes=64 * KIB * KIB, cause="worker_process_growth",
                       fix="use persistent_workers=False")
     page = render_html(result(suspects=(suspect,)))
-    assert "Child processes" in page
+    assert "child processes" in page
     assert "worker_process_growth" in page
 
 
