@@ -253,8 +253,11 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
             previous = merged.get(key)
             if previous is None:
                 merged[key] = suspect
-            else:  # same root, same cause: one suspect whose retained bytes add up
-                first, second = sorted((previous, suspect), key=lambda s: -(s.retained_bytes or 0))
+            else:  # same root, same cause: one suspect whose retained bytes add up, named by
+                # the group the root holds most directly (the outputs a list keeps, not the
+                # inputs their graphs keep), then by the larger
+                first, second = sorted((previous, suspect), key=lambda s: (
+                    (s.held_by or "").count(" -> "), -(s.retained_bytes or 0)))
                 merged[key] = replace(first, retained_bytes=(first.retained_bytes or 0)
                                       + (second.retained_bytes or 0))
         return list(merged.values())
