@@ -118,6 +118,9 @@ def assert_all_gone(pids: dict[str, int], pgid: int) -> None:
     wait_until_dead(pids)
     survivors = {role: pid for role, pid in pids.items() if alive(pid)}
     assert not survivors, f"orphans left behind: {survivors}"
+    # Members of the group we did not list (a process the family forked meanwhile) were killed
+    # with it; SIGKILL is asynchronous, so wait for each on the kernel's word too.
+    wait_until_dead({str(pid): pid for pid in live_group_members(pgid)})
     assert not live_group_members(pgid)
 
 
