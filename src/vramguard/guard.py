@@ -50,6 +50,7 @@ _HEAP_FLOOR = 16 << 10  # least heap growth over the verdict's window that can c
 # machine a read preempted for 3 ms took 3 us from the service, and wall time would charge it
 # 3 ms (and stop reading for thousands of steps). Steps are timed on the wall clock (``clock``).
 _own_time = time.thread_time
+_MAX_OWN_SKIPS = 256  # reads skipped in a row for vramguard's own diagnosis, at most
 _FIRST_READ = 16        # with a budget, reads begin once the step time is known
 
 
@@ -108,6 +109,7 @@ class Guard:
         self._last_allocated: int | None = None
         self._own_generation = own.state()[1]  # see _without_own_work
         self._own_offset = 0
+        self._own_skips = 0
         self._raw_before_own: int | None = None
         self._early: Census | None = None  # the diff's stand-in baseline before step 100
         self._baseline: Census | None = None
@@ -205,9 +207,14 @@ class Guard:
                 self._next_read = request + 1 + account.read_period()
                 return
             mine = self._mine()
-            if mine is not None and mine[0]:  # vramguard's own diagnosis is on the heap now
+            if mine is not None and mine[0] and self._own_skips < _MAX_OWN_SKIPS:
+                # vramguard's own diagnosis is on the heap now: no sample. Bounded, so a window
+                # whose steps never come (a service that went idle) cannot blind the guard.
+                self._own_skips += 1
                 self._next_read = request + 1 + account.read_period()
                 return
+            if mine is not None and not mine[0]:
+                self._own_skips = 0
             census = self._census_if_due(request)
             started = _own_time()
             sample = self._sampler.read(request, now, census)
