@@ -74,7 +74,7 @@ def run_check(
 
             suspects = explain(grown, tracker, known=suspects, max_suspects=max_suspects) or suspects
             timings = DiagnosisTimings(0, 0.0, time.perf_counter() - began)
-        elif diagnosis_requests > 0 and (suspects or workers_grew):
+        elif diagnosis_requests > 0 and (suspects or workers_grew or _unexplained(report)):
             suspects, timings = _diagnose(target, call, requests, diagnosis_requests,
                                           _device_name(guard), suspects, max_suspects)
         else:
@@ -114,7 +114,7 @@ async def run_check_async(
             await call(index)
     report, _grown, workers_grew = _conclude(target, guard, requests, resolved_warmup,
                                              children_start, live_at_warmup, max_suspects, unit)
-    if diagnosis_requests <= 0 or not (report.suspects or workers_grew):
+    if diagnosis_requests <= 0 or not (report.suspects or workers_grew or _unexplained(report)):
         return report
     window = Window(diagnosis_requests, _device_name(guard), report.suspects,
                     max_suspects=max_suspects, background=False)
@@ -137,6 +137,12 @@ def _awaitable(result: Any, target: str) -> bool:
     if problem is not None:
         raise UsageError(f"target {target!r} returned {problem}")
     return inspect.isawaitable(result)
+
+
+def _unexplained(report: Report) -> bool:
+    # non_torch_growth: the diagnosis also explains growth outside tensor storage (autograd
+    # graph nodes kept by `loss_sum += loss`); see vramguard.diagnosis.engine.graph_suspect.
+    return report.verdict.kind is VerdictKind.NON_TORCH_GROWTH
 
 
 def _validate(requests: int, warmup: int | None) -> int:

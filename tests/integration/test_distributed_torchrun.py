@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,9 +47,21 @@ def wait_for_file(path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + DEADLINE
     while not path.exists():
         dead = [p.returncode for p in procs if p.poll() not in (None, 0, -9)]
-        assert not dead, f"a job process failed (exit {dead}) before writing {path.name}"
+        assert not dead, (f"a job process failed (exit {dead}) before writing {path.name}:\n"
+                          + errors(path.parent))
         assert time.monotonic() < deadline, f"{path.name} not written within {DEADLINE:g}s"
         time.sleep(0.05)  # polling for the job's file; the result does not depend on it
+
+
+def start(argv: list[str], environ: dict[str, str], stderr: Path) -> subprocess.Popen[bytes]:
+    """Start a job process with its stderr in a file (a pipe nobody reads can fill up)."""
+    with stderr.open("wb") as sink:
+        return subprocess.Popen(argv, env=environ, stdout=subprocess.DEVNULL, stderr=sink)
+
+
+def errors(out: Path) -> str:
+    """The tail of every job process's stderr (kept in files: a pipe nobody reads can fill)."""
+    return "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(out.glob("*.err")))
 
 
 def ranks_cli(port: int) -> tuple[int, dict[str, Any]]:
@@ -81,11 +94,9 @@ def torchrun(tmp_path: Path) -> Iterator[Any]:
 
     def launch(*args: str) -> Job:
         port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=3",
-             "--master-addr=127.0.0.1", f"--master-port={port}", str(JOB), "--out",
-             str(tmp_path), *args], env=env(), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+        proc = start([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=3",
+                      "--master-addr=127.0.0.1", f"--master-port={port}", str(JOB), "--out",
+                      str(tmp_path), *args], env(), tmp_path / "torchrun.err")
         jobs.append(Job(tmp_path, port, [proc]))
         return jobs[-1]
 
@@ -102,7 +113,8 @@ def test_torchrun_rank_1_leaks_and_only_rank_1_is_flagged(torchrun: Any) -> None
     job = torchrun("--leak-rank", "1")
     table = job.table()
     assert table["table"]["leaking_ranks"] == [1]
-    assert table["text"].splitlines()[0] == "rank 1 leaks +512 B/step (ranks 0, 2: flat)"
+    assert re.fullmatch(r"rank 1 leaks \+16\.\d KiB/step \(ranks 0, 2: flat\)",
+                        table["text"].splitlines()[0])
     status, document = ranks_cli(job.port)  # from outside the job, while it runs
     assert status == 1
     assert document["leaking_ranks"] == [1]
@@ -142,9 +154,8 @@ def by_hand(tmp: Path, store: Any, world: int, *args: str) -> Job:
         rank_env = {**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
                     "TORCHELASTIC_USE_AGENT_STORE": "True", "RANK": str(rank),
                     "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
-        procs.append(subprocess.Popen([sys.executable, str(JOB), "--out", str(tmp), *args],
-                                      env=rank_env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        procs.append(start([sys.executable, str(JOB), "--out", str(tmp), *args], rank_env,
+                           tmp / f"rank{rank}.err"))
     return Job(tmp, store.port, procs)
 
 
@@ -158,7 +169,8 @@ def test_a_killed_rank_shows_as_stale_and_nothing_hangs(tmp_path: Path, agent_st
         status, document = ranks_cli(job.port)
         assert status == 1
         assert document["stale_ranks"] == [2]
-        assert document["headline"] == "rank 1 leaks +512 B/step (rank 0: flat; rank 2: stale)"
+        assert re.fullmatch(r"rank 1 leaks \+16\.\d KiB/step \(rank 0: flat; rank 2: stale\)",
+                            document["headline"])
         assert job.release() == [0, 0, -9]
     finally:
         for proc in job.procs:
@@ -173,10 +185,44 @@ def test_a_new_group_every_step_is_process_group_growth(tmp_path: Path,
         table = job.table()["table"]
         row = table["ranks"][0]
         assert row["verdict"] == "process_group_growth"
-        assert row["process_groups"] == 31  # the default group and one per step
+        assert row["process_groups"] == 41  # the default group and one per step
         assert table["headline"] == "rank 0 leaks process groups"
         assert job.release() == [0]
     finally:
         for proc in job.procs:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_the_debug_servers_vramguard_page_shows_the_table(tmp_path: Path,
+                                                         agent_store: Any) -> None:
+    # PyTorch's distributed debug server needs these besides torch.
+    for module in ("jinja2", "aiohttp", "tabulate"):
+        pytest.importorskip(module)
+    debug_port = free_port()
+    job = by_hand(tmp_path, agent_store, 1, "--leak-rank", "0", "--debug-port", str(debug_port))
+    try:
+        assert job.table()["table"]["leaking_ranks"] == [0]
+        page = fetch(f"http://127.0.0.1:{debug_port}/vramguard", job.procs)
+        assert re.search(r"rank 0 leaks \+16\.\d KiB/step", page)
+        assert job.release() == [0]
+    finally:
+        for proc in job.procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def fetch(url: str, procs: list[subprocess.Popen[bytes]]) -> str:
+    """GET ``url`` once the debug server's process listens (it starts after rank 0 shares)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=DEADLINE) as response:
+                return str(response.read().decode())
+        except (urllib.error.URLError, ConnectionError):
+            assert all(p.poll() is None for p in procs), "the job ended before serving"
+            assert time.monotonic() < deadline, f"{url} not served within {DEADLINE:g}s"
+            time.sleep(0.05)  # polling for the server to listen; the result does not depend on it

@@ -91,7 +91,7 @@ def test_threshold_alerts_then_resolves_once(nvml_sim_lib: Path, tmp_path: Path)
         device 0 uuid=GPU-aaaa total=100GiB
         used 0 0:50GiB 2:95GiB 6:95GiB 7:91GiB 8:95GiB 9:20GiB
     """)
-    done = monitor(nvml_sim_lib, path, "--interval", "0", "--samples", "12",
+    done = monitor(nvml_sim_lib, path, "--interval", "1ms", "--samples", "12",
                    "--threshold", "90%", "--json")
     assert done.returncode == 0, done.stderr
     got = [(e["event"], e["rule"], e["device"], e["value"]) for e in events(done.stdout)]
@@ -127,7 +127,7 @@ def test_trend_predicts_a_full_device(nvml_sim_lib: Path, tmp_path: Path) -> Non
 
 
 def test_process_budget_names_the_process(nvml_sim_lib: Path, scenario: Path) -> None:  # noqa: F811
-    done = monitor(nvml_sim_lib, scenario, "--interval", "0", "--samples", "6",
+    done = monitor(nvml_sim_lib, scenario, "--interval", "1ms", "--samples", "6",
                    "--process-budget", "20GiB", "--json")
     assert done.returncode == 0, done.stderr
     got = [(e["event"], e["rule"], e["device"], e["pid"]) for e in events(done.stdout)]
@@ -137,7 +137,7 @@ def test_process_budget_names_the_process(nvml_sim_lib: Path, scenario: Path) ->
 def test_gpu_lost_is_alerted_once_and_other_devices_go_on(nvml_sim_lib: Path,  # noqa: F811
                                                          tmp_path: Path) -> None:
     path = write_scenario(tmp_path, SCENARIO + "fault 0 all=gpu_lost after=2\n")
-    done = monitor(nvml_sim_lib, path, "--interval", "0", "--samples", "20", "--json",
+    done = monitor(nvml_sim_lib, path, "--interval", "1ms", "--samples", "20", "--json",
                    "--threshold", "10%")
     assert done.returncode == 0, done.stderr
     got = [(e["event"], e["rule"], e["device"]) for e in events(done.stdout)]
@@ -150,7 +150,7 @@ def test_on_alert_runs_a_command_with_the_event_on_stdin(nvml_sim_lib: Path, sce
                                                          tmp_path: Path) -> None:
     out = tmp_path / "event.json"
     script = f"import sys; open({str(out)!r}, 'w').write(sys.stdin.read())"
-    done = monitor(nvml_sim_lib, scenario, "--interval", "0", "--samples", "3",
+    done = monitor(nvml_sim_lib, scenario, "--interval", "1ms", "--samples", "3",
                    "--devices", "1", "--threshold", "1GiB",
                    "--on-alert", f"{sys.executable} -c \"{script}\"")
     assert done.returncode == 0, done.stderr
@@ -183,7 +183,7 @@ def test_webhook_posts_events_and_retries(nvml_sim_lib: Path, scenario: Path) ->
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        done = monitor(nvml_sim_lib, scenario, "--interval", "0", "--samples", "2",
+        done = monitor(nvml_sim_lib, scenario, "--interval", "1ms", "--samples", "2",
                        "--devices", "1", "--threshold", "1GiB", "--webhook", url)
         assert done.returncode == 0, done.stderr
     finally:
@@ -206,7 +206,7 @@ def test_signal_reaches_a_real_process(nvml_sim_lib: Path, scenario: Path, tmp_p
         try:
             assert target.stdout is not None
             assert target.stdout.readline().strip() == "ready"
-            done = monitor(nvml_sim_lib, scenario, "--interval", "0", "--samples", "2",
+            done = monitor(nvml_sim_lib, scenario, "--interval", "1ms", "--samples", "2",
                            "--devices", "1", "--threshold", "1GiB",
                            "--signal", f"{target.pid}:USR1")
             assert done.returncode == 0, done.stderr
@@ -312,13 +312,14 @@ def test_cross_device_alerts_on_a_rank_holding_memory_on_another_ranks_gpu(
         rank0, rank1 = (p.pid for p in ranks)
         path = write_scenario(tmp_path, SCENARIO + f"process 1 {rank1} 2GiB\n"
                               f"process 0 {rank0} 1GiB\nprocess 0 {rank1} 500MiB\n")
-        done = monitor(nvml_sim_lib, path, "--interval", "0", "--samples", "2", "--json")
+        done = monitor(nvml_sim_lib, path, "--interval", "0.01s", "--samples", "2",
+                       "--json")
         assert done.returncode == 0, done.stderr
         cross = [e for e in events(done.stdout) if e["rule"] == "cross_device"]
         assert [(e["event"], e["device"], e["pid"], e["limit"]) for e in cross] == [
             ("alert", 0, rank1, 1)]
         assert "holds 500.0 MiB here" in done.stderr
-        off = monitor(nvml_sim_lib, path, "--interval", "0", "--samples", "1", "--json",
+        off = monitor(nvml_sim_lib, path, "--interval", "0.01s", "--samples", "1", "--json",
                       "--no-cross-device")
         assert [e for e in events(off.stdout) if e["rule"] == "cross_device"] == []
     finally:

@@ -51,10 +51,15 @@ def test_rule_tests_can_fail(tmp_path: Path, original: str, broken: str) -> None
 
 
 SCRAPE = """
+import sys
 import torch
+import torch.distributed as dist
 from prometheus_client import CollectorRegistry, generate_latest
 from vramguard import Guard
 from vramguard.prometheus import GuardCollector
+if len(sys.argv) > 1:  # a one-rank job with two extra groups
+    dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=0, world_size=1)
+    groups = [dist.new_group(backend="gloo") for _ in range(2)]
 guard = Guard("cpu", overhead_budget=None)
 for _ in range(3):
     with guard.step():
@@ -77,3 +82,13 @@ def test_guard_collector_labels_each_rank(env: dict[str, str], labels: str) -> N
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRAPE)], env={**base, **env},
                           capture_output=True, text=True, timeout=60, check=True)
     assert labels in done.stdout.splitlines()
+
+
+def test_guard_collector_exports_the_live_process_groups(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID",
+                         "OMPI_COMM_WORLD_RANK")}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRAPE), str(tmp_path / "init")],
+                          env=base, capture_output=True, text=True, timeout=60, check=True)
+    # torch.distributed gives the rank; no launcher variable gives a local rank.
+    assert 'vramguard_guard_process_groups{device="cpu",rank="0"} 3.0' in done.stdout.splitlines()

@@ -41,19 +41,23 @@ def test_options_refuse_bad_values(bad: dict[str, object]) -> None:
 def test_route_book_attributes_only_measured_requests() -> None:
     book = RouteBook()
     for i in range(60):
+        book.count("/leak")
         book.measure("/leak", float(i), 4096)
+        book.count("/clean")
         book.measure("/clean", float(i), 0)
         book.count("/clean", overlapped=True)
+        book.count("/clean")  # ran alone, not read
     assert book.verdict("/leak").kind is VerdictKind.LEAK
     assert book.verdict("/clean").kind is VerdictKind.NO_LEAK
     clean = book.counts("/clean")
-    assert (clean.requests, clean.measured, clean.overlapped) == (120, 60, 60)
+    assert (clean.requests, clean.measured, clean.overlapped, clean.unsampled) == (180, 60, 60, 60)
     assert book.counts("/leak").retained_bytes == 60 * 4096
 
 
 def test_route_book_is_bounded() -> None:
     book = RouteBook(max_routes=2, max_samples=16)
     for i in range(100):
+        book.count(f"/r{i}")
         book.measure(f"/r{i}", 0.0, 1)
     assert book.names() == ["/r0", "/r1", OTHER]
     assert len(book.samples(OTHER)) < 16

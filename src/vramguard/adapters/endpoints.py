@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from vramguard.adapters.attribution import RouteEstimate
 from vramguard.adapters.web import WebGuard
 from vramguard.adapters.window import RouteDiagnosis
 from vramguard.analysis.samples import Sample
@@ -31,9 +32,12 @@ STATUS_SCHEMA = "vramguard.status/1"
 _log = logging.getLogger("vramguard")
 
 CONCURRENCY_NOTE = (
-    "per-route numbers come only from requests that ran alone (no other request in flight from "
-    "start to end); 'overlapped' requests were not attributed, 'unsampled' ones were skipped by "
-    "the sampling cadence. The overall verdict covers every request."
+    "'measured' requests ran alone: their retained bytes are exact (the counter's change from "
+    "their start to the next request's start). 'overlapped' requests are attributed "
+    "statistically: a regression of the counter's change over windows on each route's requests "
+    "gives 'attribution.bytes_per_request' with a 95% interval, or says the route cannot be told "
+    "apart from others ('collinear'). 'unsampled' ones ran alone but were not read (budget, "
+    "diagnosis scan). The overall verdict covers every request."
 )
 
 
@@ -72,9 +76,14 @@ class RouteCollector(Collector):
             "Requests per route that overlapped others (not attributed)", labels=["route"])
         retained = GaugeMetricFamily(
             "vramguard_route_retained_bytes",
-            "Live tensor bytes kept, summed over the route's measured requests", labels=["route"])
+            "Counter bytes kept, summed over the route's measured requests", labels=["route"])
+        per_request = GaugeMetricFamily(
+            "vramguard_route_bytes_per_request",
+            "Bytes a request of the route keeps, attributed over windows (absent: unknown)",
+            labels=["route"])
         leak = GaugeMetricFamily("vramguard_route_leak",
                                  "1 when the route's verdict is a leak", labels=["route"])
+        attribution = web.attribution()
         for counts in web.routes():
             label = [counts.route]
             requests.add_metric(label, counts.requests)
@@ -82,7 +91,10 @@ class RouteCollector(Collector):
             overlapped.add_metric(label, counts.overlapped)
             retained.add_metric(label, counts.retained_bytes)
             leak.add_metric(label, float(web.route_verdict(counts.route).is_leak))
-        yield from (requests, measured, overlapped, retained, leak)
+            estimate = attribution.route(counts.route)
+            if estimate is not None and estimate.bytes_per_request is not None:
+                per_request.add_metric(label, estimate.bytes_per_request)
+        yield from (requests, measured, overlapped, retained, per_request, leak)
         yield GaugeMetricFamily("vramguard_healthy", "1 while /vramguard/healthz answers 200",
                                 value=float(web.health().healthy))
         cleanup = web.cleanups
@@ -148,10 +160,22 @@ def _diagnosis(found: RouteDiagnosis | None) -> dict[str, Any] | None:
             "analysis_seconds": found.analysis_s}
 
 
+def _estimate(estimate: RouteEstimate | None) -> dict[str, Any] | None:
+    # What the windows say about the route (None: it was in no window yet).
+    if estimate is None:
+        return None
+    return {"status": estimate.status.value, "verdict": estimate.call.value,
+            "bytes_per_request": estimate.bytes_per_request,
+            "ci95": None if estimate.ci95 is None else list(estimate.ci95),
+            "windows": estimate.windows, "requests": estimate.requests,
+            "collinear_with": list(estimate.collinear_with), "reason": estimate.reason}
+
+
 def status_document(web: WebGuard) -> dict[str, Any]:
     """Overall and per-route verdicts with suspects, in the ``vramguard.check/1`` shapes."""
     device = str(web.guard.device)
     health = web.health()
+    attribution = web.attribution()
     routes = []
     for counts in web.routes():
         routes.append({
@@ -163,6 +187,7 @@ def status_document(web: WebGuard) -> dict[str, Any]:
             "retained_bytes": counts.retained_bytes,
             "check": _check(counts.route, device, web.route_verdict(counts.route),
                             web.route_suspects(counts.route)),
+            "attribution": _estimate(attribution.route(counts.route)),
             "diagnosis": _diagnosis(web.diagnosis(counts.route)),
         })
     cleanup = web.cleanups
@@ -178,6 +203,8 @@ def status_document(web: WebGuard) -> dict[str, Any]:
         "overall": _check("overall", device, web.verdict(), web.suspects()),
         "routes": routes,
         "concurrency": CONCURRENCY_NOTE,
+        "signal": {"counter": web.signal, "unavailable": web.signal_reason,
+                   "windows": attribution.windows},
         "cleanup": {"runs": cleanup.runs, "freed_bytes": cleanup.freed_bytes,
                     "seconds": cleanup.seconds},
     }

@@ -1,11 +1,18 @@
 """``WebGuard``: the framework-free core behind the ASGI, WSGI and Flask adapters.
 
 Per request: ``begin()`` before the app runs and ``end(ticket, route)`` after it (hot path: a
-clock read, a lock and counters; memory is read only on the Guard's and the route sampler's
-cadence, see ``bench/web_overhead.py``). Every request is one Guard step (the overall verdict);
-requests that ran alone are also attributed to their route (see :mod:`vramguard.adapters.routes`
-for what per-route numbers mean). Nothing here raises into the request: a failure is logged once
-and the request goes on unguarded.
+clock read, a lock and counters, and now and then one read of the cheap counter, see
+``bench/web_overhead.py``). Every request is one Guard step (the overall verdict). For the
+routes, the counter is read at *cuts* (:mod:`vramguard.adapters.ledger`), as the budget affords:
+
+- on an idle server, a sampled request gets a cut at its start and one at the next request's
+  start: an exact measurement of what it kept. Which requests are sampled is jittered
+  (deterministically) so that a client alternating two routes still samples both.
+- under concurrency, a cut every ``_OVERLAP_CUT`` ended requests (or fewer, per the budget); the
+  windows between cuts feed the statistical attribution (:mod:`vramguard.adapters.attribution`).
+
+See :mod:`vramguard.adapters.routes` for what per-route numbers mean. Nothing here raises into
+the request: a failure is logged once and the request goes on unguarded.
 """
 
 from __future__ import annotations
@@ -13,34 +20,30 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from vramguard.adapters.attribution import Attribution, Window, WindowLog, attribute
+from vramguard.adapters.counter import Counter
 from vramguard.adapters.health import Health, decide_health
+from vramguard.adapters.ledger import Finished, Ledger
 from vramguard.adapters.options import WebOptions
-from vramguard.adapters.routes import UNMATCHED, RouteBook, RouteCounts
+from vramguard.adapters.routes import UNMATCHED, RouteBook, RouteCounts, combine
 from vramguard.adapters.window import RouteDiagnosis, Windows
 from vramguard.analysis.suspects import Suspect, TensorGrowth
-from vramguard.analysis.verdict import Verdict, VerdictKind, decide
+from vramguard.analysis.verdict import Verdict, VerdictKind
 from vramguard.guard import Guard, _Step
-from vramguard.readers.census import Census, diff_groups
-from vramguard.readers.device import Device, resolve_device
+from vramguard.readers.device import resolve_device
 from vramguard.readers.sampler import Sampler
 
 _log = logging.getLogger("vramguard")
-_CUDA_CENSUS_EVERY = 16  # on accelerators the counters are the signal; censuses only name suspects
+_HEAP_FLOOR = 1024.0  # B/request: below it a route's growth is not called a leak (routes.combine)
+_OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests that ended
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """Live tensor bytes at one moment, and the census behind them when one was taken."""
-
-    allocated: int | None
-    census: Census | None
 
 
 @dataclass(slots=True)
@@ -50,8 +53,8 @@ class Ticket:
     step: _Step
     seq: int
     alone: bool
-    before: Reading | None
-    scan_epoch: int = 0  # the diagnosis window's scan epoch when the request began
+    window: int     # the attribution window it began in (see adapters/ledger.py)
+    started: float  # on the web guard's clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,31 +68,6 @@ class CleanupStats:
     def __str__(self) -> str:
         freed = "unknown" if self.freed_bytes is None else f"{self.freed_bytes} B"
         return f"{self.runs} clean-ups freed {freed} in {self.seconds * 1000:.1f} ms"
-
-
-class _SharedSampler(Sampler):
-    """A Sampler whose census is reused while no request began or ended since it was taken.
-
-    The route reads (before/after a request) and the Guard's own census then cost one census, not
-    two or three. "Nothing began or ended" is the owner's ``generation`` counter; memory that
-    background threads change while the server is idle is thus seen by the next reading.
-    """
-
-    def __init__(self, device: Device, generation: Callable[[], int]) -> None:
-        super().__init__(device)
-        self._generation = generation
-        self._cached: tuple[int, Census] | None = None
-
-    def census(self, *, groups: bool = True, follow_graphs: bool = True) -> Census:
-        del follow_graphs  # routes need the full census (graphs included), so it is always taken
-        generation = self._generation()
-        cached = self._cached
-        if cached is not None and cached[0] == generation and (cached[1].grouped or not groups):
-            return cached[1]
-        census = super().census(groups=True)  # grouped costs the same, and routes need groups
-        if self._generation() == generation:  # nothing began or ended while it ran
-            self._cached = (generation, census)
-        return census
 
 
 class WebGuard:
@@ -110,12 +88,9 @@ class WebGuard:
         options: WebOptions | None = None,
         clock: Callable[[], float] = time.perf_counter,
         windows: Windows | None = None,
+        counter: Counter | None = None,
     ) -> None:
-        self._generation = 0  # +1 whenever a request begins or ends: see _SharedSampler
-        # The diagnosis window's scans (another thread) change what is alive, so they too make
-        # a cached census stale: both counters only grow, so their sum changes with either.
-        self._sampler = _SharedSampler(resolve_device(device),
-                                       lambda: self._generation + self._windows.scan_epoch)
+        self._sampler = Sampler(resolve_device(device))
         # One budget for the whole web guard: half for the Guard's own reads, half for the
         # before/after pairs that attribute memory to routes (see _pair_period).
         self.guard = Guard(device, overhead_budget=None if overhead_budget is None
@@ -130,9 +105,17 @@ class WebGuard:
         self._routes = RouteBook(max_routes=self.options.max_routes)
         self._in_flight = 0
         self._seq = 0
-        self._pairs = 0
-        self._since_pair = 0
-        self._pair_cost = 0.0     # EWMA: seconds for the before + after reads of one request
+        # Attribution (see adapters/ledger.py and adapters/attribution.py): ``counter`` is
+        # injectable for tests; by default the device's cheap counter.
+        self._counter = counter or Counter(self.guard.device)
+        self._ledger = Ledger(clock())
+        self._log = WindowLog()
+        self._cuts = 0
+        self._gap = 1          # requests (begun since the last cut) until the next sample
+        self._closing = False  # the last cut opened a sample: the next idle start closes it
+        self._jitter = random.Random(0)
+        self._read_cost = 0.0     # EWMA: seconds for one read of the counter
+        self._attribution: tuple[int, Attribution] | None = None
         self._request_time = 0.0  # EWMA: seconds per request
         self._since_cleanup = 0
         self._cleanup = CleanupStats()
@@ -145,7 +128,12 @@ class WebGuard:
 
     # -- per request (hot path) -----------------------------------------------------------------
     def begin(self) -> Ticket | None:
-        """Call before the app handles a request; never raises (None: not guarded)."""
+        """Call before the app handles a request; never raises (None: not guarded).
+
+        Hot path: a clock read and a lock; when a cut is due (a request starting on an idle
+        server, or ``_OVERLAP_CUT`` requests ended since the last cut), one read of the cheap
+        counter (~1 us on CPU, one allocator call on CUDA).
+        """
         if self._broken:
             return None
         try:
@@ -153,19 +141,18 @@ class WebGuard:
                 self._seq += 1
                 alone = self._in_flight == 0
                 self._in_flight += 1
-                self._since_pair += 1
-                due = alone and self._since_pair >= self._pair_period()
-                if due:
-                    self._since_pair = 0
-                    self._pairs += 1
-                with_census = self.guard.device.is_cpu or self._pairs % _CUDA_CENSUS_EVERY == 1
-                ticket = Ticket(self.guard.step(), self._seq, alone, None,
-                                self._windows.scan_epoch)
-            # The reads stay outside the Guard's step, so they do not inflate its step time.
-            if due:
-                ticket.before = self._read(with_census)
-            with self._lock:
-                self._generation += 1
+                now = self._clock()
+                ledger = self._ledger
+                closing, self._closing = self._closing, False
+                if alone and (closing or ledger.begun_since_cut >= self._gap):
+                    self._cut(now)
+                    if not closing:  # this request is sampled: the next start closes it
+                        self._closing = True
+                        self._gap = self._next_gap()
+                elif not alone and ledger.ended_since_cut >= max(_OVERLAP_CUT,
+                                                                 self._cut_period()):
+                    self._cut(now)
+                ticket = Ticket(self.guard.step(), self._seq, alone, ledger.begin(), now)
             ticket.step.__enter__()
             return ticket
         except Exception:
@@ -173,47 +160,72 @@ class WebGuard:
             return None
 
     def end(self, ticket: Ticket | None, route: str | None) -> None:
-        """Call after the app handled the request (response sent); never raises."""
+        """Call after the app handled the request (response sent); never raises.
+
+        Hot path: a clock read, a lock and the request's share of the windows it ran in; a cut
+        when enough overlapping requests ended since the last one.
+        """
         if ticket is None:
             return
         try:
             name = route or UNMATCHED
-            with self._lock:
-                self._generation += 1
             ticket.step.__exit__(None, None, None)
-            before = ticket.before
-            after = None
-            if before is not None and self._seq == ticket.seq:  # nothing else began meanwhile
-                after = self._read(before.census is not None)
             with self._lock:
                 self._in_flight -= 1
+                now = self._clock()
+                self._request_time = _ewma(self._request_time, now - ticket.started)
                 alone = ticket.alone and self._seq == ticket.seq
-                # A diagnosis scan holds references to every live tensor while it runs: the
-                # request's reading would include them, so it is not attributed (unsampled).
-                epoch = self._windows.scan_epoch
-                scanned = epoch % 2 == 1 or epoch != ticket.scan_epoch
+                self._routes.count(name, overlapped=not alone)
+                finished = self._ledger.end(ticket.window, ticket.started, now, name)
+                self._book(finished)
+                if self._in_flight and self._ledger.ended_since_cut >= max(
+                        _OVERLAP_CUT, self._cut_period()):
+                    self._cut(now)
                 quiet = self._in_flight == 0
-                self._request_time = _ewma(self._request_time,
-                                           self._clock() - ticket.step._started)
-                retained = None
-                if (alone and not scanned and before is not None and after is not None
-                        and before.allocated is not None and after.allocated is not None):
-                    retained = after.allocated - before.allocated
-                else:
-                    self._routes.count(name, overlapped=not alone, unsampled=alone)
-            if retained is not None and before is not None and after is not None:
-                groups = None
-                if before.census is not None and after.census is not None:
-                    groups = diff_groups(before.census, after.census)
-                with self._lock:
-                    self._routes.measure(name, self._clock(), retained, groups)
-                self._maybe_diagnose(name)
+            self._maybe_diagnose(name)
             if self._windows.open:
                 self._windows.ended(name)
             if quiet:
                 self._maybe_cleanup()
         except Exception:
             self._fail("end")
+
+    def _cut(self, now: float) -> None:
+        # Under the lock. The read stays outside the Guard's step: it does not inflate its time.
+        started = time.perf_counter()
+        value = self._counter.read()
+        cost = time.perf_counter() - started
+        # Machine noise only adds time: a cheaper read is believed at once (as in the Guard).
+        self._read_cost = cost if cost < self._read_cost else _ewma(self._read_cost, cost)
+        self._cuts += 1
+        self._book(self._ledger.cut(now, value, self._windows.scan_epoch))
+
+    def _book(self, finished: list[Finished]) -> None:
+        # Under the lock: exact windows feed their route's series, every usable one the log.
+        for window in finished:
+            if window.delta is None:
+                continue
+            if window.exact is not None:
+                self._routes.measure(window.exact, window.end, window.delta)
+            self._log.add(Window(float(window.delta), window.counts))
+
+    def _cut_period(self) -> int:
+        # Requests per cut that the budget affords: the counter's reads get half the web
+        # guard's budget (the Guard's own reads the other half); dense mode cuts every request.
+        if self._budget is None or self._cuts < 4:
+            return 1
+        allowed = self._budget * 0.5 * max(self._request_time, 1e-7)
+        return max(1, math.ceil(self._read_cost / allowed))
+
+    def _next_gap(self) -> int:
+        # Requests until the next sampled one on an idle server. A sample costs two cuts, so
+        # the gap is drawn from [1, 3] x the requests per cut the budget affords (mean 2), from
+        # a seeded generator so runs repeat, and so that no route order (a client alternating
+        # /a and /b) aliases with it. 1 when the budget affords a cut per request.
+        period = self._cut_period()
+        if period <= 1:
+            return 1
+        return max(1, round(period * self._jitter.uniform(1.0, 3.0)))
 
     # -- diagnosis windows ------------------------------------------------------------------------
     @property
@@ -228,42 +240,22 @@ class WebGuard:
 
     def _maybe_diagnose(self, name: str) -> None:
         # Deciding costs milliseconds at hundreds of samples: at most once a second per route,
-        # and only when a window could open. The window itself runs in its own thread.
+        # and only when a window could open. The window itself runs in its own thread, and
+        # measures what grew there (a census at its start and end, off the request path).
         now = self._clock()
         if (name == UNMATCHED or not self._windows.due(name)
                 or now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S):
             return
         self._verdict_checked[name] = now
         try:
-            with self._lock:
-                samples = self._routes.samples(name)
-            if decide(samples, find_detection=False).kind is VerdictKind.LEAK:
-                with self._lock:
-                    grown = self._routes.grown(name)
-                self._windows.start(name, grown)
+            if self.route_verdict(name).kind is VerdictKind.LEAK:
+                self._windows.start(name, None)
         except Exception:  # diagnosis is extra: it stops, the guard and the request go on
             self._windows.fail("deciding whether to open a window")
 
     def diagnosis(self, route: str) -> RouteDiagnosis | None:
         """The latest finished diagnosis window of ``route`` (None: none yet)."""
         return self._windows.result(route)
-
-    def _pair_period(self) -> int:
-        if self._budget is None or self._pairs < 4:
-            return 1
-        allowed = self._budget * 0.5 * max(self._request_time, 1e-6)
-        return max(1, math.ceil(self._pair_cost / allowed))
-
-    def _read(self, with_census: bool) -> Reading:
-        started = time.perf_counter()
-        try:
-            census = self._sampler.census() if with_census else None
-            if self.guard.device.is_cpu:
-                return Reading(None if census is None else census.total_bytes, census)
-            return Reading(self._sampler.read(0, 0.0).allocated, census)
-        finally:
-            # half a pair: the EWMA tracks one pair as two reads
-            self._pair_cost = _ewma(self._pair_cost, 2 * (time.perf_counter() - started))
 
     # -- clean-up -------------------------------------------------------------------------------
     def _maybe_cleanup(self) -> None:
@@ -332,22 +324,46 @@ class WebGuard:
         with self._lock:
             return [self._routes.counts(name) for name in self._routes.names()]
 
-    def route_verdict(self, route: str) -> Verdict:
-        """The verdict on one route's measured requests (KeyError for a route never seen)."""
+    def attribution(self) -> Attribution:
+        """Per-route estimates over the attribution windows (cached until a window is added;
+        milliseconds to compute: for status and verdicts, not per request)."""
         with self._lock:
-            return self._routes.verdict(route)
+            added = self._log.added
+            cached = self._attribution
+            if cached is not None and cached[0] == added:
+                return cached[1]
+            windows = self._log.windows()
+        found = attribute(windows)
+        with self._lock:
+            self._attribution = (added, found)
+        return found
+
+    def route_verdict(self, route: str) -> Verdict:
+        """The verdict of one route (KeyError for a route never seen): from its exactly measured
+        requests and from the attribution windows, see :func:`~vramguard.adapters.routes.combine`."""
+        with self._lock:
+            exact = self._routes.verdict(route)
+            requests = self._routes.counts(route).requests
+        floor = _HEAP_FLOOR if self.guard.device.is_cpu else 0.0
+        return combine(exact, self.attribution().route(route), requests, floor=floor)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
-        """One route's suspects (leaks only): diagnosed (allocation site, root, cause, fix) once
-        its diagnosis window finished, else the tensor groups that grew over its requests."""
-        with self._lock:
-            if self._routes.verdict(route).kind is not VerdictKind.LEAK:
-                return ()
-            grown = self._routes.suspects(route, limit)
+        """One route's suspects (leaks only), once its diagnosis window finished: allocation
+        site, root, cause and fix (empty before)."""
+        if self.route_verdict(route).kind is not VerdictKind.LEAK:
+            return ()
         diagnosis = self._windows.result(route)
-        if diagnosis is not None and diagnosis.suspects:
-            return diagnosis.suspects[:limit]
-        return grown
+        return diagnosis.suspects[:limit] if diagnosis is not None else ()
+
+    @property
+    def signal(self) -> str:
+        """What the per-route numbers count, e.g. "native heap (glibc mallinfo2)"."""
+        return self._counter.signal
+
+    @property
+    def signal_reason(self) -> str | None:
+        """Why the counter is unavailable (per-route verdicts stay inconclusive), or None."""
+        return self._counter.reason
 
     def health(self) -> Health:
         """Whether a liveness probe should pass (see :func:`decide_health`)."""

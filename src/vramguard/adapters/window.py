@@ -98,6 +98,18 @@ def _live_storage_keys() -> frozenset[tuple[int, int]]:
         tensors.clear()  # addresses only: the window must not keep the user's tensors alive
 
 
+def _census() -> Any:
+    from vramguard.readers.census import CensusTaker
+
+    return CensusTaker().take(groups=True)
+
+
+def _grown_since(before: Any) -> list[tuple[TensorGroup, int, int]]:
+    from vramguard.readers.census import diff_groups
+
+    return [g for g in diff_groups(before, _census()) if g[2] > 0]
+
+
 def _default_explainer(grown: Grown, tracker: Any, *, born: Callable[[Any], bool] | None
                        ) -> tuple[Suspect, ...]:
     from vramguard.diagnosis.engine import explain
@@ -167,16 +179,16 @@ class Windows:
         self._thread: threading.Thread | None = None
         self._disabled = requests <= 0
         self._logged: set[str] = set()
-        # Odd while the window's thread scans the heap: the scan holds references to every live
-        # tensor (an in-flight request's temporaries too), so a request that overlapped a scan
-        # is not attributed to its route (see ``scan_epoch``).
+        # Odd while a window lives (from its first scan until its records are dropped): the
+        # scans hold references to every live tensor, and the tracker's records sit on the heap,
+        # so a request that overlapped a window is not attributed to its route (``scan_epoch``).
         self._epoch = 0
 
     # -- hot path ----------------------------------------------------------------------------------
     @property
     def scan_epoch(self) -> int:
-        """Odd while a scan runs; +1 at each scan's start and end (hot path: one read). A request
-        whose epoch at its start differs from its end, or is odd, overlapped a scan."""
+        """Odd while a window lives; +1 at its start and end (hot path: one read). A request
+        whose epoch at its start differs from its end, or is odd, overlapped a window."""
         return self._epoch
 
     @property
@@ -221,15 +233,19 @@ class Windows:
         return (not self._disabled and self._window is None
                 and self._clock() >= self._next.get(route, float("-inf")))
 
-    def start(self, route: str, grown: Grown) -> bool:
-        """Open a window for ``route`` explaining ``grown``; False if one is open or it failed."""
-        if self._disabled or not grown:
+    def start(self, route: str, grown: Grown | None = None) -> bool:
+        """Open a window for ``route`` explaining ``grown``; False if one is open or it failed.
+
+        Without ``grown`` (the web guard's cheap counter names no tensors), the window measures
+        it: a census when it opens and one when it closes, in its own thread.
+        """
+        if self._disabled:
             return False
         with self._lock:
             if self._window is not None:
                 return False
             try:
-                window = _Window(route, list(grown), self._tracker_factory(), self._clock())
+                window = _Window(route, list(grown or ()), self._tracker_factory(), self._clock())
             except Exception:
                 self.fail("creating the site tracker")
                 return False
@@ -244,14 +260,17 @@ class Windows:
 
     # -- the window's own thread -------------------------------------------------------------------
     def _run(self, window: _Window) -> None:
+        # The epoch is odd for the window's whole life, not only while it scans: the site
+        # tracker's records, the storage keys and the first census live on the heap until the
+        # end, so no request that overlapped any of it is attributed to its route.
         born_keys: frozenset[tuple[int, int]] = frozenset()
+        before: Any = None
+        self._epoch += 1
         try:
             began = time.perf_counter()
-            self._epoch += 1
-            try:
-                born_keys = _live_storage_keys()
-            finally:
-                self._epoch += 1
+            born_keys = _live_storage_keys()
+            if not window.grown:
+                before = _census()
             with self._lock:
                 window.state = WindowState.OPEN
             window.done.wait(timeout=max(0.0, self._max_window_s - (time.perf_counter() - began)))
@@ -266,12 +285,10 @@ class Windows:
 
             # Tracked requests give exemplars with their allocation line: use only those when
             # there are any; the storages born in the window are the fallback (sync endpoints).
-            self._epoch += 1
-            try:
-                suspects = self._explainer(window.grown, window.tracker,
-                                           born=None if window.tracked else born)
-            finally:
-                self._epoch += 1
+            if before is not None:
+                window.grown = _grown_since(before)
+            suspects = self._explainer(window.grown, window.tracker,
+                                       born=None if window.tracked else born)
             result = RouteDiagnosis(window.route, tuple(suspects), window.requests, window.tracked,
                                     time.perf_counter() - started, self._clock())
             with self._lock:
@@ -284,6 +301,8 @@ class Windows:
                 self._window = None
                 self._next[window.route] = self._clock() + self._every
             born_keys = frozenset()  # the addresses go with the window
+            before = None
+            self._epoch += 1
 
     # -- results -----------------------------------------------------------------------------------
     def result(self, route: str) -> RouteDiagnosis | None:

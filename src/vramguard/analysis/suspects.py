@@ -44,19 +44,24 @@ class Site:
 class Suspect:
     """One growing tensor group and, once diagnosed, where it was born and what keeps it alive.
 
-    Fields the diagnosis has not filled are ``None``: never invented.
+    Fields the diagnosis has not filled are ``None``: never invented. ``graph_nodes``: autograd
+    nodes that grew over the diagnosis window (growth outside tensor storage), when that is the
+    suspect.
     """
 
-    tensors: TensorGrowth | None  # None: growth outside this process's tensors (worker processes)
+    tensors: TensorGrowth | None  # None: growth outside this process's tensors (workers, graphs)
     retained_bytes: int | None = None
     allocated_at: Site | None = None
     stack: tuple[Site, ...] | None = None
     held_by: str | None = None
     cause: str | None = None  # a vramguard.diagnosis.Cause (a StrEnum) once diagnosed
     fix: str | None = None
+    graph_nodes: int | None = None
 
     def __str__(self) -> str:
-        parts = [str(self.tensors) if self.tensors is not None else "child processes"]
+        what = "child processes" if self.graph_nodes is None else \
+            f"{self.graph_nodes:+d} autograd graph nodes"
+        parts = [str(self.tensors) if self.tensors is not None else what]
         if self.cause:
             parts.append(f"cause: {self.cause}")
         if self.allocated_at:

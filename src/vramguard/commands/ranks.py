@@ -16,11 +16,7 @@ import os
 
 import click
 
-from vramguard.errors import EnvironmentProblem
-
-EXIT_NO_LEAK = 0
-EXIT_LEAK = 1
-EXIT_INCONCLUSIVE = 5
+from vramguard.errors import EXIT_INCONCLUSIVE, EXIT_LEAK, EXIT_OK, EnvironmentProblem
 
 
 @click.command()
@@ -61,4 +57,4 @@ def ranks(address: str, as_json: bool, timeout: str, stale_after: str | None) ->
         click.echo(str(table))
     if table.leaking_ranks:
         return EXIT_LEAK
-    return EXIT_NO_LEAK if table.conclusive else EXIT_INCONCLUSIVE
+    return EXIT_OK if table.conclusive else EXIT_INCONCLUSIVE

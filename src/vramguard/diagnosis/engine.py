@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
 import time
-import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from vramguard.analysis.suspects import Site, Suspect, TensorGrowth
 from vramguard.diagnosis.causes import Cause, Evidence, classify, write_fix
-from vramguard.diagnosis.paths import Limits, PathFinder, PathResult, Step, graph_holders
+from vramguard.diagnosis.context import resettable_holder, storing_function, trained
+from vramguard.diagnosis.graphs import GraphCount, count_nodes, graph_holders
+from vramguard.diagnosis.hooks import find_hook, module_instances
+from vramguard.diagnosis.naming import describe, name_chain
+from vramguard.diagnosis.paths import Limits, PathFinder, Retainers, Step
 from vramguard.diagnosis.sites import SiteTracker
+from vramguard.diagnosis.snapshot import is_library
 from vramguard.readers.census import CensusTaker, TensorGroup, diff_groups
 from vramguard.readers.process import ProcessReader
 
@@ -27,8 +30,6 @@ _log = logging.getLogger("vramguard")
 _EXEMPLARS = 3
 _GROUPS = 8
 _WORKER_MIN_GROWTH = 4 * 1024 * 1024
-_HOOK_DICTS = {"_forward_hooks": "forward", "_forward_pre_hooks": "forward_pre",
-               "_backward_hooks": "full_backward", "_backward_pre_hooks": "full_backward_pre"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +54,6 @@ def _group_key(tensor: Any, saved_by: str | None = None) -> TensorGroup:
                        saved_by is not None)
 
 
-def _describe(tensor: Any) -> str:
-    return f"Tensor({', '.join(map(str, tensor.shape))})"
-
-
 def diagnose(
     function: Callable[[int], Any],
     *,
@@ -70,14 +67,20 @@ def diagnose(
 ) -> Diagnosis:
     """Call ``function(start + i)`` ``requests`` times under tracking and explain what grew.
 
-    ``known``: suspects from the check; their (whole-check) growth figures replace the window's
-    for the same tensor group. Returns at most ``max_suspects``, largest retained bytes first.
+    The entry point for any verdict that fails a check (``leak``, ``non_torch_growth``, ...):
+    tensor groups that grew are explained from one heap snapshot; when no tensor group grew but
+    the autograd nodes kept by live tensors did (graph nodes are host memory outside tensor
+    storage: ``loss_sum += loss`` after ``backward()``), the suspect is that graph
+    (``graph_suspect``). ``known``: suspects from the check; their (whole-check) growth figures
+    replace the window's for the same tensor group. Returns at most ``max_suspects``, largest
+    retained bytes first.
     """
     taker = CensusTaker()
     children = ProcessReader()
     tracker = tracker or SiteTracker()
     gc.collect()
     before = taker.take()
+    nodes_before = _graph_count(taker)
     children_before = children.children_rss()
     began = time.perf_counter()
     with tracker.active():
@@ -87,15 +90,79 @@ def diagnose(
     children_after = children.children_rss()
     after = taker.take()
     grown = [g for g in diff_groups(before, after) if g[0].device == device and g[2] > 0][:_GROUPS]
-    suspects = _explain(grown, tracker, PathFinder(limits), {_key(s.tensors): s for s in known
-                                                             if s.tensors is not None})
+    suspects = _explain(grown, tracker, limits, {_key(s.tensors): s for s in known
+                                                 if s.tensors is not None})
+    if not any(s.cause not in (None, Cause.UNKNOWN) for s in suspects):
+        graph = graph_suspect(nodes_before, requests, tracker, limits=limits)
+        if graph is not None:
+            suspects.insert(0, graph)
     worker = _worker_suspect(children_before, children_after, PathFinder(limits))
     if worker is not None:
         suspects.append(worker)
     # Unexplained groups (views of weights re-attributed by the census, say) go last.
     ranked = sorted(suspects, key=lambda s: (s.cause == Cause.UNKNOWN and s.allocated_at is None,
+                                             s.graph_nodes is None,
                                              -(s.retained_bytes or 0)))[:max_suspects]
     return Diagnosis(tuple(ranked), requests, window_s, time.perf_counter() - began - window_s)
+
+
+def _graph_count(taker: CensusTaker, keep: list[Any] | None = None,
+                 before: GraphCount | None = None) -> GraphCount:
+    live = taker.live_tensors()
+    try:
+        return count_nodes(live, keep=keep, before=before)
+    finally:
+        live.clear()
+
+
+def graph_nodes() -> GraphCount:
+    """How many autograd nodes the live tensors' graphs hold now (call before a window, then
+    pass it to :func:`graph_suspect` after it)."""
+    gc.collect()
+    return _graph_count(CensusTaker())
+
+
+def graph_suspect(before: GraphCount, requests: int, tracker: SiteTracker | None = None, *,
+                  limits: Limits | None = None) -> Suspect | None:
+    """The autograd graph that grew since ``before`` (at least one node per request), as a
+    suspect with cause ``autograd_graph``, its root, and the fix; None when the nodes did not
+    grow. For drivers whose verdict failed without tensor bytes growing (``non_torch_growth``
+    on CPU, where the native heap grows)."""
+    gc.collect()
+    keep: list[Any] = []
+    after = _graph_count(CensusTaker(), keep, before)
+    grown = after.nodes - before.nodes
+    if grown < max(1, requests) or not keep:
+        keep.clear()
+        return None
+    retainers = Retainers(keep, limits=limits, exclude=[keep])
+    try:
+        # The graph that gained most nodes and that a named root holds (a tensor inside a graph
+        # has no root of its own).
+        holder = next((t for t in keep if retainers.chain(t) is not None), keep[0])
+        result = retainers.find(holder, describe(holder))
+        path = result.path
+        site = None if tracker is None else tracker.site_of(holder)
+        allocated_at, stack = (None, None) if site is None else site
+        variable = None if path is None else path.variable
+        prefer = tuple((s.file, s.function) for s in stack or ())
+        evidence = Evidence(
+            function=None if allocated_at is None else allocated_at.function,
+            file=None if allocated_at is None else allocated_at.file,
+            root_kind=None if path is None else path.root.kind,
+            root_module=None if path is None else path.root.where,
+            variable=variable, graph=True, accumulator=True,
+            trained=after.backwarded or trained(keep),
+            stored_by=None if path is None else storing_function(
+                _user_namespaces(retainers), variable, prefer),
+            graph_nodes=grown)
+        cause = classify(evidence)
+        return Suspect(None, retained_bytes=None, allocated_at=allocated_at, stack=stack,
+                       held_by=str(path) if path is not None else result.reason, cause=cause,
+                       fix=write_fix(cause, evidence), graph_nodes=grown)
+    finally:
+        retainers.close()
+        keep.clear()
 
 
 def _key(growth: TensorGrowth) -> TensorGroup:
@@ -119,13 +186,13 @@ def explain(
     that the tracker may not have seen (None: only tracked tensors are exemplars). Like
     :func:`diagnose`, it holds the live tensors only while it runs. Largest retained bytes first.
     """
-    suspects = _explain(list(grown)[:_GROUPS], tracker, PathFinder(limits),
+    suspects = _explain(list(grown)[:_GROUPS], tracker, limits,
                         {_key(s.tensors): s for s in known if s.tensors is not None}, born)
     return tuple(sorted(suspects, key=lambda s: (s.cause == Cause.UNKNOWN and s.allocated_at is None,
                                                  -(s.retained_bytes or 0)))[:max_suspects])
 
 
-def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, finder: PathFinder,
+def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, limits: Limits | None,
              known: dict[TensorGroup, Suspect],
              born: Callable[[Any], bool] | None = None) -> list[Suspect]:
     # ``born``: also counts a tensor as the window's when the tracker has no site for it (the web
@@ -140,6 +207,9 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, fi
     # refers to (higher refcount, measured before we add references) before objects only C++
     # keeps (unpacked saved tensors).
     holders = sorted(live, key=sys.getrefcount, reverse=True)
+    retainers: Retainers | None = None
+    targets: list[Any] = []
+    modules: list[Any] = []
     try:
         for tensor in reversed(live):  # newest last in gc order: the window's tensors first
             group = _group_key(tensor)
@@ -162,14 +232,20 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, fi
             saved_group = matching(saved, node)
             if saved_group is not None:
                 exemplars[saved_group].append((saved, holder, node, retained))
-        del live, found
-        ignore = {id(exemplars), *(id(v) for v in exemplars.values())}
+        del found
+        holders.clear()
+        live.clear()
+        # One snapshot for every exemplar: the walk stops once all of them are reached.
+        targets.extend(t for values in exemplars.values() for t, _, _, _ in values)
+        retainers = Retainers(targets, limits=limits, exclude=[exemplars, *exemplars.values(),
+                                                              targets, live, holders, modules])
+        modules.extend(module_instances())  # one heap pass for every group's hook check
         merged: dict[tuple[Cause, str], Suspect] = {}
         for group, count, size in grown:
             base = known.get(group) or Suspect(TensorGrowth(
                 group.device, group.dtype, group.shape, group.requires_grad, group.grad_fn,
                 count, size, group.in_graph))
-            suspect = _diagnose_group(base, exemplars[group], tracker, finder, ignore)
+            suspect = _diagnose_group(base, exemplars[group], tracker, retainers, modules)
             key = (Cause(suspect.cause) if suspect.cause else Cause.UNKNOWN,
                    (suspect.held_by or "").split(" -> ")[0])
             previous = merged.get(key)
@@ -181,119 +257,102 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, fi
                                       + (second.retained_bytes or 0))
         return list(merged.values())
     finally:
+        if retainers is not None:
+            retainers.close()
+        targets.clear()
+        modules.clear()
         holders.clear()
+        live.clear()
         exemplars.clear()  # the window's tensors belong to the user again
 
 
 def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
-                    tracker: SiteTracker, finder: PathFinder, ignore: set[int]) -> Suspect:
+                    tracker: SiteTracker, retainers: Retainers, modules: list[Any]) -> Suspect:
     growth = base.tensors
     retained = growth.bytes_growth if growth is not None else None
     if not candidates:
         evidence = Evidence()
         return replace(base, retained_bytes=retained, cause=Cause.UNKNOWN,
                        fix=write_fix(Cause.UNKNOWN, evidence))
-    best: tuple[PathResult, Any, Any, str] | None = None
-    for tensor, holder, node, _ in candidates:
-        target = tensor if holder is None else holder
-        result = finder.find(target, _describe(target), ignore=ignore)
-        if best is None or (result.path is not None and best[0].path is None):
-            best = (result, tensor, holder, node)
-        if result.path is not None:
-            break
-    assert best is not None  # candidates is not empty
-    result, tensor, holder, node = best
+    # The candidate with the shortest path (first in candidate order on a tie): deterministic.
+    depths = [(retainers.snapshot.depth(tensor), position)
+              for position, (tensor, _holder, _node, _) in enumerate(candidates)]
+    reached = [(depth, position) for depth, position in depths if depth is not None]
+    chosen = min(reached)[1] if reached else 0
+    tensor, holder = candidates[chosen][0], candidates[chosen][1]
+    chain = retainers.chain(tensor)
+    result = retainers.find(tensor, describe(tensor))
     site = tracker.site_of(tensor)
     allocated_at, stack = (None, None) if site is None else site
     path = result.path
-    held_by = result.reason
-    if path is not None:
-        if holder is not None:
-            path = replace(path, steps=(*path.steps, Step("graph", node)), target=_describe(tensor))
-        held_by = str(path)
-    graph = holder is not None or (tensor.grad_fn is not None and tensor.requires_grad)
-    hook = _find_hook(result.containers, finder) if path is not None else None
+    held_by = str(path) if path is not None else result.reason
+    graph = holder is not None or (tensor.grad_fn is not None and tensor.requires_grad) or (
+        path is not None and any(s.kind == "graph" for s in path.steps))
+    hook = None
+    reset = None
+    if chain is not None and path is not None:
+        hook = find_hook(chain, lambda module, index: _module_name(retainers, chain, module, index),
+                         modules)
+        holder_at = resettable_holder(chain)
+        if holder_at is not None:
+            reset = f"{name_chain(retainers.snapshot, chain[:holder_at[0] + 1]).dotted}." \
+                    f"{holder_at[1]}()"
+    variable = None if path is None else path.variable
+    stored_by = None
+    if path is not None and variable is not None:
+        prefer = tuple((s.file, s.function) for s in stack or ())
+        stored_by = storing_function(_user_namespaces(retainers), variable, prefer)
+    root = None if path is None else path.root
     evidence = Evidence(
         function=None if allocated_at is None else allocated_at.function,
         file=None if allocated_at is None else allocated_at.file,
-        root_kind=None if path is None else path.root.kind,
-        root_module=None if path is None else path.root.where,
-        variable=None if path is None else path.variable,
+        root_kind=None if root is None else root.kind,
+        root_module=None if root is None else root.where,
+        variable=variable,
         direct=path is not None and path.direct,
         graph=graph,
-        accumulator=graph and path is not None
-        and not (path.steps[:-1] if holder is not None else path.steps),
+        accumulator=graph and path is not None and not [
+            s for s in path.steps if s.kind != "graph"],
         hook=hook,
         cycle=result.cycle,
+        trained=graph and trained([tensor if holder is None else holder]),
+        grad_cycle=path is not None and any(s == Step("attr", "grad") for s in path.steps),
+        stored_by=stored_by,
+        reset=reset,
+        ipython_cache=root is not None and _is_output_cache(root.name, root.where),
+        traceback=root is not None and root.where == "sys" and root.name in _TRACEBACK_NAMES,
     )
     cause = classify(evidence)
     return replace(base, retained_bytes=retained, allocated_at=allocated_at, stack=stack,
                    held_by=held_by, cause=cause, fix=write_fix(cause, evidence))
 
 
-def _module_instances() -> list[Any]:
-    import torch
-
-    classes, todo = [], [torch.nn.Module]
-    while todo:
-        cls = todo.pop()
-        classes.append(cls)
-        todo.extend(cls.__subclasses__())
-    wanted = set(classes)
-    found = gc.get_referrers(*classes)
-    try:
-        return [obj for obj in found if type(obj) in wanted]
-    finally:
-        del found
+_TRACEBACK_NAMES = frozenset({"last_traceback", "last_value", "last_exc"})
 
 
-def _hook_references(hook: Any) -> Iterable[Any]:
-    function = hook
-    if isinstance(hook, types.MethodType):
-        yield hook.__self__
-        yield from getattr(hook.__self__, "__dict__", {}).values()
-        function = hook.__func__
-    elif not isinstance(hook, types.FunctionType):
-        yield from getattr(hook, "__dict__", {}).values()
-        function = type(hook).__call__ if callable(hook) else None
-    if not isinstance(function, types.FunctionType):
-        return
-    yield from (cell.cell_contents for cell in function.__closure__ or ()
-                if cell.cell_contents is not None)
-    yield from function.__defaults__ or ()
-    globals_ = function.__globals__
-    yield from (globals_[name] for name in function.__code__.co_names if name in globals_)
+def _is_output_cache(name: str, where: str) -> bool:
+    """IPython's output cache: ``Out``/``_oh``, ``_``, ``__``, ``___`` and ``_N``."""
+    if where != "__main__" or "IPython" not in sys.modules:
+        return False
+    return name in ("Out", "_oh", "_", "__", "___") or (name.startswith("_") and name[1:].isdigit())
 
 
-def _hook_name(hook: Any) -> str:
-    if isinstance(hook, types.FunctionType):
-        code = hook.__code__
-        if hook.__name__ == "<lambda>":
-            return f"<lambda> at {os.path.basename(code.co_filename)}:{code.co_firstlineno}"
-        return f"{hook.__qualname__}()"
-    if isinstance(hook, types.MethodType):
-        return f"{hook.__qualname__}()"
-    return f"{type(hook).__qualname__} instance"
+def _user_namespaces(retainers: Retainers) -> list[dict[str, Any]]:
+    return [s.container for s in retainers.snapshot.sources
+            if s.kind in ("module", "namespace") and (s.where == "__main__" or _user_module(s.where))]
 
 
-def _find_hook(containers: tuple[int, ...], finder: PathFinder) -> tuple[str, str, str] | None:
-    """(module path, hook name, hook kind) of a module hook that references the path's objects."""
-    if not containers:
-        return None
-    wanted = set(containers)
-    modules = _module_instances()
-    try:
-        for module in modules:
-            for attr, kind in _HOOK_DICTS.items():
-                for hook in getattr(module, attr, {}).values():
-                    if any(id(obj) in wanted for obj in _hook_references(hook)):
-                        found = finder.find(module, type(module).__name__,
-                                            ignore={id(modules)})
-                        name = found.path.dotted if found.path else type(module).__name__
-                        return name, _hook_name(hook), kind
-    finally:
-        modules.clear()
-    return None
+def _user_module(name: str) -> bool:
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    return file is None or not is_library(file)
+
+
+def _module_name(retainers: Retainers, chain: Sequence[Any], module: Any, index: int | None) -> str:
+    if index is not None and index > 0:
+        return name_chain(retainers.snapshot, chain[:index + 1]).dotted
+    found = PathFinder().find(module, type(module).__name__)
+    return found.path.dotted if found.path is not None else type(module).__name__
 
 
 def _worker_suspect(before: dict[int, int], after: dict[int, int],

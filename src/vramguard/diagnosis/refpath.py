@@ -49,7 +49,8 @@ class Step:
     """One edge of a path, from a container to what it holds.
 
     ``kind``: ``index`` (``[137]``), ``key`` (``['user-5']``), ``attr`` (``.outputs``),
-    ``closure``/``default`` (a function's closure variable or default argument), ``graph`` (saved
+    ``closure``/``default`` (a function's closure variable or default argument), ``local`` (a
+    local variable of a finished frame, kept by a traceback), ``graph`` (saved
     by the ``grad_fn`` graph of the tensor before), ``object`` (held by an object of a type).
     """
 
@@ -67,6 +68,8 @@ class Step:
             return f"closure `{self.label}`"
         if self.kind == "default":
             return f"default `{self.label}`"
+        if self.kind == "local":
+            return f"local `{self.label}`"
         if self.kind == "graph":
             return f".grad_fn graph (saved by {self.label})"
         return f"({self.label})"
@@ -104,7 +107,7 @@ class ReferencePath:
         last = max((i for i, s in enumerate(steps) if s.kind in ("index", "key")), default=None)
         if last is None:
             return self.root.name
-        named = [s for s in steps[:last] if s.kind in ("attr", "closure", "default")]
+        named = [s for s in steps[:last] if s.kind in ("attr", "closure", "default", "local")]
         return named[-1].label if named else self.root.name
 
     @property

@@ -27,8 +27,24 @@ _LAZY = {
     "RankStatus": "vramguard.distributed.ranktable",
 }
 
-__all__ = ["RankRow", "RankStatus", "RankSummary", "RankTable", "Sharer", "rank_verdict", "share",
-           "table"]
+__all__ = ["RankRow", "RankStatus", "RankSummary", "RankTable", "Sharer", "debug_handler",
+           "rank_verdict", "share", "table"]
+
+
+def debug_handler(timeout: str | float = "5s") -> Any:
+    """A handler for ``torch.distributed.debug.start_debug_server(handlers=[...])`` whose page
+    ``/vramguard`` shows the rank table (see :mod:`vramguard.distributed.debug`).
+    :class:`~vramguard.errors.EnvironmentProblem` where the debug server's frontend (PyTorch
+    2.10+, jinja2) is not available."""
+    from vramguard.distributed.publish import seconds
+    from vramguard.errors import EnvironmentProblem
+
+    try:
+        from vramguard.distributed.debug import VramguardHandler
+    except ImportError as exc:
+        raise EnvironmentProblem(f"torch's distributed debug server is not available here: "
+                                 f"{exc}", hint="it needs PyTorch 2.10+ with jinja2 and aiohttp") from None
+    return VramguardHandler(seconds(timeout, name="timeout"))
 
 
 def table(timeout: str | float = "5s", store: Any = None, *, k: float | None = None,

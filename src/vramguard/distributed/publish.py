@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from vramguard.distributed.store import WORLD_KEY, default_store, private_connection, rank_key
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from vramguard.guard import Guard
 
 _log = logging.getLogger("vramguard")
+SUSPECT_EVERY_S = 600.0
+"""How often a leaking rank's top suspect is looked up again: it takes a grouped census (tens to
+hundreds of ms on a large heap), 30x the cost of the rest of a publish; in between, the last
+suspect line is republished."""
 
 
 def seconds(value: str | float, *, name: str) -> float:
@@ -61,18 +66,28 @@ class Sharer:
         self.failures = 0
         self.error: str | None = None
         self.last: RankSummary | None = None
+        self._suspect_at: float | None = None  # when the top suspect was last looked up
 
     def publish(self) -> bool:
         """Publish one summary now; True when the store took it. Never raises."""
         try:
             if self._own is None:
                 self._own = private_connection(self._store, self._timeout_s)
+            now = self._clock()
+            due = self._suspects and (self._suspect_at is None
+                                      or now - self._suspect_at >= SUSPECT_EVERY_S)
             summary = summarize(self._guard, read_identity(), every_s=self.every_s,
-                                clock=self._clock, suspects=self._suspects)
+                                clock=lambda: now, suspects=due)
+            if due and summary.suspect is not None:
+                self._suspect_at = now
+            elif not due and self.last is not None and summary.verdict == self.last.verdict:
+                summary = replace(summary, suspect=self.last.suspect)
             if summary.world_size is not None:
                 self._own.set(WORLD_KEY, str(summary.world_size))
             self._own.set(rank_key(summary.rank), summary.to_json())
         except Exception as exc:  # the job must never notice: degrade, say so once
+            if self._own is not self._store:
+                self._own = None  # our connection may be dead: make a new one next time
             with self._changed:
                 self.failures += 1
                 self.error = f"{type(exc).__name__}: {exc}"
@@ -142,8 +157,8 @@ def share(guard: Guard, every: str | float = "30s", store: Any = None, *,
     ``vramguard ranks --store HOST:PORT``.
 
     Costs the steps nothing: the thread reads the guard's cached verdict (recomputed only when
-    new samples arrived) and, on a leak, takes one grouped census per publish for the top
-    suspect (``suspects=False`` skips it). :class:`UsageError` outside a distributed job.
+    new samples arrived) and, on a leak, takes a grouped census for the top suspect at most
+    every 10 minutes (``suspects=False`` never). :class:`UsageError` outside a distributed job.
     """
     every_s = seconds(every, name="every")
     if not read_identity().known:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vramguard.distributed.store import WORLD_KEY, rank_key
+from vramguard.distributed.store import PREFIX, WORLD_KEY, rank_key
 from vramguard.distributed.summary import RankSummary, SummaryError
 from vramguard.units import format_bytes, format_duration
 
@@ -264,10 +264,10 @@ def read_table(store: Any, *, timeout_s: float, clock: Callable[[], float] = tim
         world = int(store.get(WORLD_KEY).decode())
     summaries: dict[int, RankSummary | str | None] = {}
     problems = []
-    for rank in range(world or 0):
+    ranks = range(world) if world is not None else _published_ranks(store)
+    for rank in ranks:
         if monotonic() > deadline:
-            problems.append(f"ranks {rank}..{world - 1 if world else rank} not read within "
-                            f"{timeout_s:g}s")
+            problems.append(f"ranks from {rank} on not read within {timeout_s:g}s")
             break
         key = rank_key(rank)
         if not store.check([key]):
@@ -279,3 +279,14 @@ def read_table(store: Any, *, timeout_s: float, clock: Callable[[], float] = tim
             summaries[rank] = f"unreadable summary: {exc}"
     return judge(summaries, world_size=world, now=clock(), k=k, stale_after=stale_after,
                  problems=problems)
+
+
+def _published_ranks(store: Any) -> list[int]:
+    """The ranks with a summary, when no rank knew the world size (a launcher that sets a rank
+    but no size): from ``list_keys`` where the store has it, else none."""
+    try:
+        keys = store.list_keys()
+    except Exception:  # an older torch, or a store without the extended API
+        return []
+    head = PREFIX + "rank/"
+    return sorted(int(k[len(head):]) for k in keys if k.startswith(head) and k[len(head):].isdigit())

@@ -11,7 +11,7 @@ import math
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from vramguard.analysis.verdict import Verdict, VerdictKind
@@ -131,8 +131,6 @@ def rank_verdict(guard: Guard) -> Verdict:
     groups = groups_verdict(guard.process_groups.points, warmup=verdict.warmup)
     if groups is None:
         return verdict
-    from dataclasses import replace
-
     return replace(groups, warnings=(f"memory: {verdict}", *verdict.warnings))
 
 

@@ -83,6 +83,7 @@ class _TensorTypes(dict[type, bool]):
         return value
 
 
+_REFERRERS_WORK: dict[int, bool] = {}  # id(torch.Tensor) -> does gc.get_referrers find tensors
 _SAVED_PREFIX = "_saved_"
 _FULL_PASS_EVERY = 16
 _DTYPE = operator.attrgetter("dtype")
@@ -168,12 +169,17 @@ class CensusTaker:
         }
 
     def _referrers_find_tensors(self) -> bool:
-        # Checked once per process against a fresh tensor: if a torch build stops visiting the
-        # type, we fall back to the slower full scan instead of silently counting nothing.
+        # Checked once per process against a fresh tensor (a full pass: ~0.1 s on a large heap,
+        # so the answer is shared by every taker): if a torch build stops visiting the type, we
+        # fall back to the slower full scan instead of silently counting nothing.
         if self._referrers_work is None:
-            probe = self._torch.empty(0)
-            self._referrers_work = any(obj is probe for obj in self._tensors_by_type())
-            del probe
+            known = _REFERRERS_WORK.get(id(self._torch.Tensor))
+            if known is None:
+                probe = self._torch.empty(0)
+                known = any(obj is probe for obj in self._tensors_by_type())
+                del probe
+                _REFERRERS_WORK[id(self._torch.Tensor)] = known
+            self._referrers_work = known
         return self._referrers_work
 
     def take(self, objects: Iterable[Any] | None = None, *, follow_graphs: bool = True,

@@ -16,7 +16,6 @@ unavailable and ``reason`` says why; the guard then falls back to the census as 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 _PROBE_BYTES = 40 << 20
@@ -29,12 +28,32 @@ class _MallInfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
+def _libc() -> ctypes.CDLL:
+    # The process's own symbols (dlopen(NULL)), which include the C library it runs on; a
+    # find_library("c") would spawn ldconfig (~25 ms) to find the same thing.
+    return ctypes.CDLL(None)
+
+
 def _bind_mallinfo2() -> Callable[[], _MallInfo2]:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-    function = libc.mallinfo2  # AttributeError where glibc is older or absent
+    function = _libc().mallinfo2  # AttributeError where glibc is older or absent
     function.restype = _MallInfo2
     function.argtypes = []
     return function
+
+
+def _probe_block() -> Callable[[], None]:
+    """A 40 MiB ``malloc`` and its ``free``: malloc serves it with mmap and touches no page,
+    so the probe costs microseconds (a zeroed Python buffer would cost tens of ms)."""
+    libc = _libc()
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.restype = None
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = libc.malloc(_PROBE_BYTES)
+
+    def release() -> None:
+        libc.free(block)
+    return release
 
 
 class HeapCounter:
@@ -62,9 +81,9 @@ class HeapCounter:
 
     def _check(self, probe: Callable[[], int]) -> None:
         before = probe()
-        block = ctypes.create_string_buffer(_PROBE_BYTES)  # a malloc of 40 MiB, freed below
+        release = _probe_block()
         during = probe()
-        del block
+        release()
         # Another thread may allocate or free meanwhile; a 40 MiB block moves the counter by
         # at least 40 MiB either way, which no background noise makes up.
         if during - before < _PROBE_BYTES * 3 // 4:

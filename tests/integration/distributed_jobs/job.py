@@ -1,7 +1,7 @@
 """A small CPU training job for the distributed tests (run under torchrun, gloo, or by hand).
 
 Each rank trains a linear layer for ``--steps`` steps under a Guard; ``--leak-rank`` keeps every
-step's output (+512 B/step of live tensors). Then each rank publishes its summary through
+step's output (+16 KiB/step of live tensors). Then each rank publishes its summary through
 ``vramguard.distributed.share`` and rank 0 writes ``table()`` to ``--out``/table.json. The ranks
 stay up (the store with them) until ``--out``/release exists, so a test can read the store from
 outside. Coordination between ranks uses the job's own barrier, as a job would; vramguard uses
@@ -28,32 +28,37 @@ from vramguard import Guard
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--leak-rank", type=int, default=-1)
     parser.add_argument("--die-rank", type=int, default=-1)
     parser.add_argument("--new-group-every-step", action="store_true")
     parser.add_argument("--every", type=float, default=0.2)
     parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--debug-port", type=int, default=0)
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    # overhead_budget=None: a sample after every step. The guard's CPU defaults are being
-    # reworked (sampling issue); the distributed plumbing is what these jobs test.
+    # overhead_budget=None: a sample after every step, so a verdict in a few dozen steps (the
+    # defaults budget 1% of the step time and need hundreds); sharing is what these jobs test.
     guard = Guard("cpu", overhead_budget=None, warmup=5)
-    model = torch.nn.Linear(16, 16)
+    model = torch.nn.Linear(64, 64)
     kept = []
     groups = []
     for _ in range(args.steps):
         with guard.step():
-            out = model(torch.randn(8, 16))
+            out = model(torch.randn(64, 64))
             out.sum().backward()
             if rank == args.leak_rank:
-                kept.append(out.detach().clone())  # the leak: 8x16 float32 = 512 B a step
+                kept.append(out.detach().clone())  # the leak: 64x64 float32 = 16 KiB a step
             if args.new_group_every_step:
                 groups.append(dist.new_group(backend="gloo"))  # never destroyed
 
     sharer = vd.share(guard, every=args.every)
+    if args.debug_port and rank == 0:
+        from torch.distributed.debug import start_debug_server
+
+        start_debug_server(port=args.debug_port, handlers=[vd.debug_handler()])
     assert sharer.wait_for(1, timeout=args.deadline), "first publish never happened"
     (args.out / f"rank{rank}.published").write_text(json.dumps(sharer.last.to_json()))
     if rank == args.die_rank:

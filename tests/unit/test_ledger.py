@@ -1,0 +1,56 @@
+"""Cutting request time into attribution windows (adapters/ledger.py), with plain values."""
+
+from __future__ import annotations
+
+import pytest
+
+from vramguard.adapters.ledger import Ledger
+
+
+def test_sequential_requests_give_exact_windows_from_start_to_next_start() -> None:
+    ledger = Ledger(0.0)
+    finished = []
+    heap = 1000
+    for i in range(3):
+        start = 10.0 * (i + 1)
+        finished += ledger.cut(start, heap, 0)
+        window = ledger.begin()
+        heap += 100 * (i + 1) + 50  # kept 100*(i+1), plus 50 freed after the response
+        finished += ledger.end(window, start, start + 1.0, f"/r{i}")
+        heap -= 50  # the response's buffers go after the request ended
+    finished += ledger.cut(40.0, heap, 0)
+    exact = [(w.exact, w.delta) for w in finished if w.exact is not None]
+    assert exact == [("/r0", 100), ("/r1", 200), ("/r2", 300)]
+    assert finished[0].exact is None  # the first window began before any request
+
+
+def test_overlapping_requests_are_split_by_time_and_finish_when_none_is_in_flight() -> None:
+    ledger = Ledger(0.0)
+    ledger.cut(0.0, 0, 0)
+    a = ledger.begin()               # /a runs 0..4
+    assert ledger.cut(2.0, 10, 0) == []  # /a is still in flight: window 1 is not finished
+    b = ledger.begin()               # /b runs 2..3
+    assert ledger.end(b, 2.0, 3.0, "/b") == []
+    finished = ledger.end(a, 0.0, 4.0, "/a")  # window 1 is done; window 2 is still open
+    finished += ledger.cut(4.0, 30, 0)
+    assert [w.delta for w in finished] == [10, 20]
+    assert finished[0].counts == pytest.approx({"/a": 0.5})
+    assert finished[1].counts == pytest.approx({"/a": 0.5, "/b": 1.0})
+    assert all(w.exact is None for w in finished)
+
+
+def test_a_window_that_overlapped_a_diagnosis_scan_has_no_delta() -> None:
+    ledger = Ledger(0.0)
+    ledger.cut(0.0, 0, 0)
+    window = ledger.begin()
+    ledger.end(window, 0.0, 1.0, "/a")
+    finished = ledger.cut(2.0, 5000, 2)  # the scan epoch moved: its references were counted
+    assert [w.delta for w in finished] == [None]
+    finished = ledger.cut(3.0, 5000, 3)  # odd: a scan is running now
+    assert [w.delta for w in finished] == [None]
+
+
+def test_an_unavailable_counter_gives_no_delta() -> None:
+    ledger = Ledger(0.0)
+    ledger.cut(0.0, None, 0)
+    assert [w.delta for w in ledger.cut(1.0, 100, 0)] == [None]
