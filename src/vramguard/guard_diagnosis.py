@@ -127,7 +127,6 @@ class Window:
         began = time.perf_counter()
         try:
             from vramguard.diagnosis.engine import explain
-            from vramguard.diagnosis.paths import Limits
             from vramguard.readers.census import diff_groups
 
             gc.collect()
@@ -135,11 +134,8 @@ class Window:
             grown = [g for g in diff_groups(self._before, after)
                      if g[0].device == self._device and g[2] > 0][:8]
             if grown:
-                # A report's search, not a step's: bounded by objects visited first, with a
-                # generous time limit only against a pathological heap.
                 self._suspects = explain(grown, self._tracker, known=self._known,
-                                         max_suspects=self._max,
-                                         limits=Limits(max_seconds=_SEARCH_S)) or self._known
+                                         max_suspects=self._max) or self._known
         except Exception:  # a failed analysis leaves the unexplained suspects, never a crash
             _log.warning("vramguard: the diagnosis analysis failed", exc_info=True)
         finally:
@@ -170,7 +166,6 @@ class Window:
         return self._suspects, self._timings
 
 
-_SEARCH_S = 20.0  # see Window._analyse_once
 _Untracked = object()  # a step inside the window that runs untracked (see _active)
 
 
