@@ -65,8 +65,9 @@ def _template(route: Any, scope: Scope, root_path: str) -> str | None:
 class VramGuardMiddleware:
     """Guards every HTTP request of an ASGI app; see the module docstring.
 
-    Options: ``device`` ("auto"), ``overhead_budget`` (0.01; None reads around every request that
-    runs alone: a verdict within ~100 requests, ms per request on CPU), ``warmup``,
+    Options: ``device`` ("auto"), ``overhead_budget`` (0.01; None reads the cheap counter at
+    every request, so each request that runs alone is measured exactly: a leaking route's
+    verdict within ~60 requests, for tests and load tests), ``warmup``,
     ``census_every``, and the :class:`~vramguard.adapters.options.WebOptions` fields (``prefix``,
     ``expose_status``, ``unhealthy_within``, ``unhealthy_limit``, ``unhealthy_above``,
     ``unhealthy_for``, ``cleanup_every``, ``cleanup_above``). Pass ``web`` to share one

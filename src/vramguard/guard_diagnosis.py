@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from vramguard.analysis.suspects import Suspect, TensorGrowth
+from vramguard.readers import own
 from vramguard.report import DiagnosisTimings
 
 if TYPE_CHECKING:
@@ -89,6 +90,9 @@ class Window:
             self._running += 1
             if self._entered == 1:
                 self._began = time.perf_counter()
+                # From the first tracked step to the end of the analysis the heap holds
+                # vramguard's own site records: guards' series skip it (see readers.own).
+                own.begin()
         if getattr(_active, "inside", False):
             return _Untracked
         context = self._tracker.active()
@@ -141,6 +145,8 @@ class Window:
         finally:
             self._timings = DiagnosisTimings(self.steps, self._window_s,
                                              time.perf_counter() - began)
+            if self._entered:
+                own.end()
             self._done.set()
 
     @property

@@ -153,7 +153,9 @@ def test_default_settings_leak_verdict_comes_and_never_reverts():
             verdicts.append(guard.verdict().kind)
     assert verdicts[0] is VerdictKind.LEAK
     assert set(verdicts) == {VerdictKind.LEAK}
-    assert guard.verdict().growth.bytes_per_request == pytest.approx(1 << 20, rel=0.05)
+    # The leak verdict opened the guard's diagnosis window (30 steps); what the heap changed by
+    # across it is set aside (vramguard's own records), so the slope reads a little low.
+    assert guard.verdict().growth.bytes_per_request == pytest.approx(1 << 20, rel=0.1)
     assert guard.overhead <= 0.015
 
 
@@ -250,3 +252,33 @@ def test_bad_settings_are_refused():
         Guard("cpu", overhead_budget=2)
     with pytest.raises(ValueError, match="census_every"):
         Guard("cpu", census_every=0)
+
+
+def test_vramguard_s_own_diagnosis_on_the_heap_is_not_the_service_s_memory():
+    # A diagnosis (site records, censuses, a heap snapshot) allocates on the same C heap the CPU
+    # signal reads, and may keep some of it. Its span is skipped and what it kept set aside: a
+    # flat service stays flat, a leaking one keeps its slope.
+    from vramguard.readers import own
+
+    for leak in (False, True):
+        guard = Guard("cpu", overhead_budget=None, warmup=10)
+        kept, vramguards_own = [], []
+        for step in range(200):
+            if step == 100:
+                own.begin()
+            if 100 <= step < 110:
+                vramguards_own.append(bytearray(4 << 20))  # 40 MiB, kept after the diagnosis
+            if step == 110:
+                own.end()
+            with guard.step():
+                if leak:
+                    kept.append(torch.randn(1024))
+        samples = guard.samples
+        assert not any(100 <= s.request < 109 for s in samples)  # the diagnosis is not sampled
+        assert max(s.allocated for s in samples) - min(s.allocated for s in samples) < 8 << 20
+        verdict = guard.verdict()
+        if leak:
+            assert verdict.kind is VerdictKind.LEAK
+            assert 4096 <= verdict.growth.bytes_per_request <= 4096 + 1024
+        else:
+            assert verdict.kind is VerdictKind.NO_LEAK, verdict.reason

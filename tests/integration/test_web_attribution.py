@@ -107,3 +107,35 @@ def test_a_negative_counter_jump_does_not_fabricate_a_leak() -> None:
         server.now += 0.001
     for route in ("/a", "/b"):
         assert server.web.route_verdict(route).kind is not VerdictKind.LEAK
+
+
+def test_healthz_turns_503_on_a_route_leak_of_a_sequential_client() -> None:
+    server = Server()
+    server.web = WebGuard("cpu", counter=Counter(resolve_device("cpu"), read=lambda: server.heap),
+                          clock=server.clock,
+                          options=WebOptions.parse(unhealthy_limit=1 << 20, diagnose_requests=0))
+    assert server.web.health().healthy
+    for i in range(200):
+        ticket = server.web.begin()
+        server.now += 0.001
+        server.heap += 8 * KIB if i % 2 else 0
+        server.web.end(ticket, "/leak" if i % 2 else "/clean")
+        server.now += 0.001
+    health = server.web.health()
+    assert not health.healthy
+    assert health.reason.startswith("route /leak: "), health.reason
+
+
+def test_cleanup_every_n_requests_runs_between_requests_and_reports_its_cost() -> None:
+    server = Server()
+    server.web = WebGuard("cpu", counter=Counter(resolve_device("cpu"), read=lambda: server.heap),
+                          clock=server.clock,
+                          options=WebOptions.parse(cleanup_every=10, diagnose_requests=0))
+    for _ in range(30):
+        ticket = server.web.begin()
+        server.now += 0.001
+        server.web.end(ticket, "/a")
+    stats = server.web.cleanups
+    assert stats.runs == 3
+    assert stats.seconds > 0
+    assert "3 clean-ups" in str(stats)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from vramguard.adapters.health import decide_health
+from vramguard.adapters.health import Health, decide_health, hold
 from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import OTHER, RouteBook
 from vramguard.adapters.window import Windows, WindowState
@@ -179,3 +179,17 @@ def test_diagnosis_window_failure_is_logged_once_and_never_raises(
     assert [r.message for r in caplog.records].count(
         "vramguard: the diagnosis window failed while explaining the window; diagnosis is off, "
         "requests go on") == 1
+
+
+def test_health_holds_503_until_the_verdict_behind_it_says_no_leak() -> None:
+    sick, fine = Health(False, "leak of +8 KiB/request ..."), Health(True, "no leak predicted")
+    answer, held = hold(None, sick, cleared=False)
+    assert answer == sick
+    assert held == sick
+    answer, held = hold(held, fine, cleared=False)  # the verdict went inconclusive
+    assert not answer.healthy
+    assert "held" in answer.reason
+    assert held == sick
+    answer, held = hold(held, fine, cleared=True)   # it now says no leak
+    assert answer == fine
+    assert held is None

@@ -96,3 +96,15 @@ def decide_health(
         return Health(True, "no leak predicted", None)
     return Health(True, f"a leak is predicted to reach {target} in {format_duration(eta)}, later "
                         f"than {format_duration(within)}", eta)
+
+
+def hold(held: Health | None, current: Health, *, cleared: bool) -> tuple[Health, Health | None]:
+    """(the answer, what to hold next): once unhealthy, stay unhealthy until ``cleared`` (the
+    verdict behind the held answer now says no leak), so that a verdict that turns inconclusive
+    for a while does not make a pod that is still leaking healthy (no flapping)."""
+    if not current.healthy:
+        return current, current
+    if held is not None and not cleared:
+        return Health(False, f"{held.reason} (held: no verdict has said no leak since)",
+                      held.seconds_to_limit), held
+    return current, None

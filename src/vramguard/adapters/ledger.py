@@ -85,6 +85,14 @@ class Ledger:
         else:
             del self._in_flight[began_in]
         self.ended_since_cut += 1
+        windows = self._windows
+        if began_in == self._first + len(windows) - 1:  # hot path: it ran in the open window
+            window = windows[-1]
+            window.counts[route] = window.counts.get(route, 0.0) + 1.0
+            window.contributors += 1
+            if started == window.start:
+                window.exact = route
+            return self._finish() if len(windows) > 1 else []
         first = max(began_in, self._first)
         spans = []
         for index in range(first - self._first, len(self._windows)):

@@ -20,18 +20,19 @@ Guard's) does not depend on any of this.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from vramguard.adapters.attribution import Call, RouteEstimate
+from vramguard.adapters.attribution import NO_LEAK_MAX, Call, RouteEstimate
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Growth, Verdict, VerdictKind, decide
 from vramguard.units import format_bytes
 
 _RECENT = 64  # deltas a route's clipping range is taken from
-_MIN_SPREAD = 256.0  # bytes: the robust deviation never counts as less (8 x: +- 2 KiB)
+_MIN_SPREAD = 256.0  # bytes: the robust deviation never counts as less (4 x: +- 1 KiB)
 UNMATCHED = "<unmatched>"  # no route matched (404s): never the raw path, which is unbounded
 OTHER = "<other>"          # routes beyond ``max_routes``
 
@@ -60,7 +61,11 @@ class _Route:
     overlapped: int = 0
     retained: int = 0
     measured: int = 0
+    first_seen: float | None = None  # on the web guard's clock: for the route's request rate
+    last_seen: float | None = None
     series: float = 0.0  # the running sum of clipped deltas (see RouteBook.measure)
+    square: float = 0.0  # ... and of their squares: the bound on bytes/request (``upper``)
+    clip: tuple[float, float] | None = None  # the clipping range, from ``recent``
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=_RECENT))
     samples: list[Sample] = field(default_factory=list)
     verdict: Verdict | None = None
@@ -83,28 +88,57 @@ class RouteBook:
             route = self._routes[name] = _Route()
         return route
 
-    def count(self, name: str, *, overlapped: bool = False) -> None:
-        """One request of ``name`` ended (overlapping others or not)."""
+    def count(self, name: str, *, overlapped: bool = False, now: float | None = None) -> None:
+        """One request of ``name`` ended ``now`` (overlapping others or not)."""
         route = self._route(name)
         route.requests += 1
         route.overlapped += overlapped
+        if now is not None:
+            if route.first_seen is None:
+                route.first_seen = now
+            route.last_seen = now
+
+    def rate(self, name: str) -> float | None:
+        """The route's requests per second so far (None: too few to tell)."""
+        route = self._routes[name]
+        if route.first_seen is None or route.last_seen is None or route.requests < 2:
+            return None
+        span = route.last_seen - route.first_seen
+        return (route.requests - 1) / span if span > 0 else None
 
     def measure(self, name: str, time: float, retained: int) -> None:
         """One counted request of ``name`` ran alone and kept ``retained`` bytes (may be
         negative). ``retained_bytes`` sums them as they are; the series the verdict reads clips
-        a delta far outside the route's recent ones (beyond the median +- 8 robust deviations,
-        at least +- 2 KiB): the heap counter sees the server's own I/O buffers (64 KiB that
+        a delta far outside the route's recent ones (beyond the median +- 4 robust deviations,
+        at least +- 1 KiB): the heap counter sees the server's own I/O buffers (64 KiB that
         are alive at one cut and gone at the next), and two such spikes in a few dozen samples
         would otherwise read as steady growth. A leak is the typical delta, not the spike."""
         route = self._route(name)
         route.measured += 1
         route.retained += retained
-        route.series += _clip(retained, route.recent)
+        if route.measured % 16 == 1 or route.clip is None:  # refreshed every 16: hot path
+            route.clip = _clip_range(route.recent)
+        clipped = float(retained) if route.clip is None else min(
+            max(float(retained), route.clip[0]), route.clip[1])
+        route.series += clipped
+        route.square += clipped * clipped
         route.recent.append(retained)
         index = len(route.samples) and route.samples[-1].request + 1
         route.samples.append(Sample(request=index, time=time, allocated=round(route.series)))
         if len(route.samples) >= self._max_samples:
             route.samples = route.samples[::2]  # keep the whole history at half the resolution
+
+    def upper(self, name: str) -> float | None:
+        """The top of a 95% interval on the route's mean (clipped) bytes per measured request,
+        or None with fewer than 2 measured requests: "no leak" must not be claimed when the
+        noise leaves room for more than a few hundred bytes per request."""
+        route = self._routes[name]
+        n = route.measured
+        if n < 2:
+            return None
+        mean = route.series / n
+        variance = max(0.0, (route.square - n * mean * mean) / (n - 1))
+        return mean + 1.96 * math.sqrt(variance / n)
 
     def names(self) -> list[str]:
         """Routes seen so far, in the order they first appeared."""
@@ -130,17 +164,18 @@ class RouteBook:
         return route.verdict
 
 
-def _clip(delta: int, recent: deque[int]) -> float:
+def _clip_range(recent: deque[int]) -> tuple[float, float] | None:
+    # Median +- 4 robust deviations of the recent deltas (None: too few to tell).
     if len(recent) < 8:
-        return float(delta)
+        return None
     values = np.fromiter(recent, dtype=float, count=len(recent))
     median = float(np.median(values))
     spread = max(1.4826 * float(np.median(np.abs(values - median))), _MIN_SPREAD)
-    return min(max(float(delta), median - 8 * spread), median + 8 * spread)
+    return median - 4 * spread, median + 4 * spread
 
 
 def combine(exact: Verdict, estimate: RouteEstimate | None, requests: int, *,
-            floor: float = 0.0) -> Verdict:
+            floor: float = 0.0, upper: float | None = None) -> Verdict:
     """A route's verdict from its exactly measured series (``exact``) and its attribution
     ``estimate`` over the windows (None: no window had it).
 
@@ -149,7 +184,18 @@ def combine(exact: Verdict, estimate: RouteEstimate | None, requests: int, *,
     ``floor``: bytes per request below which steady growth is not called a route's leak but
     inconclusive (the CPU heap counter also sees the server's own per-request bookkeeping,
     measured at 60-300 B/request on a clean FastAPI route; the overall verdict still sees it).
+    ``upper``: the top of the 95% interval on the exact series' bytes per request; its "no
+    leak" counts only when that is at most ``NO_LEAK_MAX`` (a server's own buffers can move the
+    counter by tens of KiB a request, which hides a kilobyte leak in a few hundred samples).
     """
+    if (exact.kind is VerdictKind.NO_LEAK and floor > 0 and upper is not None
+            and upper > NO_LEAK_MAX):
+        exact = Verdict(VerdictKind.INCONCLUSIVE, exact.requests, exact.warmup, None, None,
+                        exact.start_bytes, exact.end_bytes, exact.capacity_bytes,
+                        exact.warnings,
+                        f"no steady growth over the measured requests, but at this noise up "
+                        f"to {format_bytes(upper)}/request is possible (no leak needs at most "
+                        f"{format_bytes(NO_LEAK_MAX)})")
     call = Call.INCONCLUSIVE if estimate is None else estimate.call
     if exact.kind is VerdictKind.LEAK:
         return _floored(exact, floor)

@@ -17,7 +17,6 @@ the request: a failure is logged once and the request goes on unguarded.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import random
@@ -25,15 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vramguard.adapters.attribution import Attribution, Window, WindowLog, attribute
+from vramguard.adapters.cleanup import Cleanup, CleanupStats
 from vramguard.adapters.counter import Counter
-from vramguard.adapters.health import Health, decide_health
+from vramguard.adapters.health import Health, decide_health, hold
 from vramguard.adapters.ledger import Finished, Ledger
 from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import UNMATCHED, RouteBook, RouteCounts, combine
-from vramguard.adapters.window import RouteDiagnosis, Windows
+from vramguard.adapters.window import RouteDiagnosis, Windows, WindowState
 from vramguard.analysis.suspects import Suspect, TensorGrowth
 from vramguard.analysis.verdict import Verdict, VerdictKind
 from vramguard.guard import Guard, _Step
@@ -43,6 +43,7 @@ from vramguard.readers.sampler import Sampler
 _log = logging.getLogger("vramguard")
 _HEAP_FLOOR = 1024.0  # B/request: below it a route's growth is not called a leak (routes.combine)
 _OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests that ended
+_ATTRIBUTION_EVERY_S = 1.0  # the windows' fit is recomputed at most this often
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
 
 
@@ -57,25 +58,14 @@ class Ticket:
     started: float  # on the web guard's clock
 
 
-@dataclass(frozen=True, slots=True)
-class CleanupStats:
-    """What the clean-up policy did: runs, bytes it gave back (None: unknown), time it cost."""
-
-    runs: int = 0
-    freed_bytes: int | None = None
-    seconds: float = 0.0
-
-    def __str__(self) -> str:
-        freed = "unknown" if self.freed_bytes is None else f"{self.freed_bytes} B"
-        return f"{self.runs} clean-ups freed {freed} in {self.seconds * 1000:.1f} ms"
-
-
 class WebGuard:
     """One guarded web app: the Guard, per-route series, clean-up and health.
 
-    ``overhead_budget``/``warmup``/``census_every`` go to the :class:`~vramguard.guard.Guard`;
-    ``overhead_budget=None`` reads memory around every request that runs alone (a verdict in
-    ~100 requests, for tests and load tests; milliseconds per request on CPU).
+    ``overhead_budget``/``warmup``/``census_every`` go to the :class:`~vramguard.guard.Guard`
+    (half of the budget; the route cuts get the other half). ``overhead_budget=None`` cuts at
+    every request, so each request that runs alone is measured exactly (a leaking route's
+    verdict within ~60 requests: for tests and load tests). ``counter`` (the cheap counter),
+    ``clock`` and ``windows`` are injectable for tests.
     """
 
     def __init__(
@@ -115,24 +105,27 @@ class WebGuard:
         self._closing = False  # the last cut opened a sample: the next idle start closes it
         self._jitter = random.Random(0)
         self._read_cost = 0.0     # EWMA: seconds for one read of the counter
-        self._attribution: tuple[int, Attribution] | None = None
+        self._attribution: tuple[int, float, Attribution] | None = None  # (added, at, result)
         self._request_time = 0.0  # EWMA: seconds per request
-        self._since_cleanup = 0
-        self._cleanup = CleanupStats()
+        self._cleaner = Cleanup(self.options, self.guard.device, self._sampler)
         self._broken = False
         self._logged: set[str] = set()
         # Diagnosis windows (see adapters/window.py): ``windows`` is injectable for tests.
         self._windows = windows or Windows(self.options.diagnose_requests,
                                            self.options.diagnose_every, clock)
         self._verdict_checked: dict[str, float] = {}
+        # The last unhealthy answer and the verdict behind it (None: the overall one), held until
+        # that verdict says no leak (see health()).
+        self._unhealthy: tuple[str | None, Health | None] = (None, None)
 
     # -- per request (hot path) -----------------------------------------------------------------
     def begin(self) -> Ticket | None:
         """Call before the app handles a request; never raises (None: not guarded).
 
-        Hot path: a clock read and a lock; when a cut is due (a request starting on an idle
-        server, or ``_OVERLAP_CUT`` requests ended since the last cut), one read of the cheap
-        counter (~1 us on CPU, one allocator call on CUDA).
+        Hot path: a clock read and a lock; when a cut is due (a sampled request starting on an
+        idle server, or ``_OVERLAP_CUT`` requests ended since the last cut), one read of the
+        cheap counter (on CPU 5-130 us in a server, as ``mallinfo2`` walks the free chunks; one
+        allocator call on CUDA), paid out of the budget.
         """
         if self._broken:
             return None
@@ -175,7 +168,7 @@ class WebGuard:
                 now = self._clock()
                 self._request_time = _ewma(self._request_time, now - ticket.started)
                 alone = ticket.alone and self._seq == ticket.seq
-                self._routes.count(name, overlapped=not alone)
+                self._routes.count(name, overlapped=not alone, now=now)
                 finished = self._ledger.end(ticket.window, ticket.started, now, name)
                 self._book(finished)
                 if self._in_flight and self._ledger.ended_since_cut >= max(
@@ -186,15 +179,17 @@ class WebGuard:
             if self._windows.open:
                 self._windows.ended(name)
             if quiet:
-                self._maybe_cleanup()
+                self._cleaner.quiet()
         except Exception:
             self._fail("end")
 
     def _cut(self, now: float) -> None:
         # Under the lock. The read stays outside the Guard's step: it does not inflate its time.
-        started = time.perf_counter()
+        # Its cost is CPU time: on a loaded machine the wall clock also counts the time the
+        # thread waited for a core, which the read did not cost the service.
+        started = time.thread_time()
         value = self._counter.read()
-        cost = time.perf_counter() - started
+        cost = time.thread_time() - started
         # Machine noise only adds time: a cheaper read is believed at once (as in the Guard).
         self._read_cost = cost if cost < self._read_cost else _ewma(self._read_cost, cost)
         self._cuts += 1
@@ -248,59 +243,38 @@ class WebGuard:
             return
         self._verdict_checked[name] = now
         try:
-            if self.route_verdict(name).kind is VerdictKind.LEAK:
+            if self.route_verdict(name, fresh=False).kind is VerdictKind.LEAK:
                 self._windows.start(name, None)
         except Exception:  # diagnosis is extra: it stops, the guard and the request go on
             self._windows.fail("deciding whether to open a window")
+
+    def diagnose(self, route: str) -> bool:
+        """Open a diagnosis window on ``route`` now, whatever its verdict (an operator's "explain
+        this route"); False when one is already open or diagnosis is off."""
+        return self._windows.start(route, None)
+
+    def diagnosis_state(self, route: str) -> WindowState | None:
+        """The state of ``route``'s diagnosis window (None: none open for it)."""
+        return self._windows.state(route)
+
+    def join_diagnosis(self, timeout: float | None = None) -> None:
+        """Wait for the open diagnosis window's analysis to finish (tests, shutdown)."""
+        self._windows.join(timeout)
 
     def diagnosis(self, route: str) -> RouteDiagnosis | None:
         """The latest finished diagnosis window of ``route`` (None: none yet)."""
         return self._windows.result(route)
 
     # -- clean-up -------------------------------------------------------------------------------
-    def _maybe_cleanup(self) -> None:
-        options = self.options
-        if options.cleanup_every is None and options.cleanup_above is None:
-            return
-        with self._lock:
-            self._since_cleanup += 1
-            due = options.cleanup_every is not None and self._since_cleanup >= options.cleanup_every
-        if not due and options.cleanup_above is not None and not self.guard.device.is_cpu:
-            sample = self._sampler.read(0, 0.0)
-            if sample.reserved is not None and sample.allocated is not None:
-                due = sample.reserved - sample.allocated > options.cleanup_above
-        if due:
-            self.cleanup()
-
     def cleanup(self) -> CleanupStats:
         """Run gc and release the allocator's cached blocks now; returns the running totals."""
-        def level() -> int | None:
-            if self.guard.device.is_cpu:
-                return self._sampler.read(0, 0.0).device_used  # RSS: what the host gets back
-            return self._sampler.read(0, 0.0).reserved
-        before = level()
-        started = time.perf_counter()
-        gc.collect()
-        if not self.guard.device.is_cpu:
-            from vramguard._torch import require_torch
-            from vramguard.release import empty_cache
-
-            empty_cache(require_torch(), self.guard.device)
-        cost = time.perf_counter() - started
-        after = level()
-        with self._lock:
-            old = self._cleanup
-            freed = None if before is None or after is None or (
-                old.runs and old.freed_bytes is None) else (old.freed_bytes or 0) + before - after
-            self._cleanup = CleanupStats(old.runs + 1, freed, old.seconds + cost)
-            self._since_cleanup = 0
-            return self._cleanup
+        return self._cleaner.run()
 
     # -- results --------------------------------------------------------------------------------
     @property
     def cleanups(self) -> CleanupStats:
         """Running totals of the clean-up policy."""
-        return self._cleanup
+        return self._cleaner.stats
 
     @property
     def in_flight(self) -> int:
@@ -324,34 +298,37 @@ class WebGuard:
         with self._lock:
             return [self._routes.counts(name) for name in self._routes.names()]
 
-    def attribution(self) -> Attribution:
-        """Per-route estimates over the attribution windows (cached until a window is added;
-        milliseconds to compute: for status and verdicts, not per request)."""
+    def attribution(self, *, fresh: bool = True) -> Attribution:
+        """Per-route estimates over the attribution windows, recomputed when windows were added
+        (milliseconds; tens with dozens of routes). ``fresh=False`` (the per-route checks on
+        request threads) accepts a result up to ``_ATTRIBUTION_EVERY_S`` old instead."""
+        now = self._clock()
         with self._lock:
             added = self._log.added
             cached = self._attribution
-            if cached is not None and cached[0] == added:
-                return cached[1]
+            if cached is not None and (cached[0] == added or (
+                    not fresh and now - cached[1] < _ATTRIBUTION_EVERY_S)):
+                return cached[2]
             windows = self._log.windows()
         found = attribute(windows)
         with self._lock:
-            self._attribution = (added, found)
+            self._attribution = (added, now, found)
         return found
 
-    def route_verdict(self, route: str) -> Verdict:
+    def route_verdict(self, route: str, *, fresh: bool = True) -> Verdict:
         """The verdict of one route (KeyError for a route never seen): from its exactly measured
         requests and from the attribution windows, see :func:`~vramguard.adapters.routes.combine`."""
         with self._lock:
             exact = self._routes.verdict(route)
             requests = self._routes.counts(route).requests
+            upper = self._routes.upper(route)
         floor = _HEAP_FLOOR if self.guard.device.is_cpu else 0.0
-        return combine(exact, self.attribution().route(route), requests, floor=floor)
+        return combine(exact, self.attribution(fresh=fresh).route(route), requests, floor=floor,
+                       upper=upper)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
-        """One route's suspects (leaks only), once its diagnosis window finished: allocation
-        site, root, cause and fix (empty before)."""
-        if self.route_verdict(route).kind is not VerdictKind.LEAK:
-            return ()
+        """One route's suspects once a diagnosis window on it finished (opened by its leak
+        verdict, or by :meth:`diagnose`): allocation site, root, cause and fix (empty before)."""
         diagnosis = self._windows.result(route)
         return diagnosis.suspects[:limit] if diagnosis is not None else ()
 
@@ -366,11 +343,64 @@ class WebGuard:
         return self._counter.reason
 
     def health(self) -> Health:
-        """Whether a liveness probe should pass (see :func:`decide_health`)."""
+        """Whether a liveness probe should pass (see :func:`decide_health`).
+
+        Unhealthy when the overall verdict's leak, or one route's leak at that route's request
+        rate, is predicted to reach the limit in time. Once unhealthy it stays so until a verdict
+        says "no leak" again: a verdict that went inconclusive for a while (fewer samples, a
+        noisy stretch) does not turn a pod that is still leaking healthy (no flapping).
+        """
         options = self.options
-        return decide_health(self.verdict(), self.guard.samples, self._clock(),
-                             within=options.unhealthy_within, limit=options.unhealthy_limit,
-                             above=options.unhealthy_above, above_for=options.unhealthy_for)
+        overall = self.verdict()
+        samples = self.guard.samples
+        now = self._clock()
+
+        def judge(verdict: Verdict) -> Health:
+            return decide_health(verdict, samples, now, within=options.unhealthy_within,
+                                 limit=options.unhealthy_limit, above=options.unhealthy_above,
+                                 above_for=options.unhealthy_for)
+
+        health, source = judge(overall), None
+        if health.healthy:
+            for name, verdict in self._route_leaks(overall):
+                found = judge(verdict)
+                if not found.healthy:
+                    health = Health(False, f"route {name}: {found.reason}",
+                                    found.seconds_to_limit)
+                    source = name
+                    break
+        with self._lock:
+            held_source, held = self._unhealthy
+        cleared = held is None or (overall if held_source is None else self.route_verdict(
+            held_source)).kind is VerdictKind.NO_LEAK
+        answer, held = hold(held, health, cleared=cleared)
+        with self._lock:
+            self._unhealthy = (source if not health.healthy else held_source, held)
+        return answer
+
+    def _route_leaks(self, overall: Verdict) -> list[tuple[str, Verdict]]:
+        # Each leaking route as a verdict health can read: its bytes per request times its
+        # request rate, from the process's current level (the overall series' last value).
+        level = overall.end_bytes
+        if level is None:
+            level = next((s.allocated for s in reversed(self.guard.samples)
+                          if s.allocated is not None), None)
+        capacity = overall.capacity_bytes
+        leaks = []
+        for counts in self.routes():
+            verdict = self.route_verdict(counts.route)
+            growth = verdict.growth
+            with self._lock:
+                rate = self._routes.rate(counts.route)
+            if not verdict.is_leak or growth is None or rate is None or level is None:
+                continue
+            per_second = growth.bytes_per_request * rate
+            to_full = None if capacity is None else (
+                0.0 if level >= capacity else (capacity - level) / per_second)
+            leaks.append((counts.route, replace(
+                verdict, end_bytes=level, capacity_bytes=capacity,
+                growth=replace(growth, bytes_per_second=per_second, seconds_to_full=to_full))))
+        return leaks
 
     def _fail(self, where: str) -> None:
         # The service must not notice: log the first failure of each kind with its traceback and

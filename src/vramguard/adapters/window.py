@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from vramguard.analysis.suspects import Suspect
+from vramguard.readers import own
 from vramguard.readers.census import TensorGroup
 
 _log = logging.getLogger("vramguard")
@@ -266,6 +267,7 @@ class Windows:
         born_keys: frozenset[tuple[int, int]] = frozenset()
         before: Any = None
         self._epoch += 1
+        own.begin()  # the overall Guard's heap series skips the window (see readers.own)
         try:
             began = time.perf_counter()
             born_keys = _live_storage_keys()
@@ -296,6 +298,7 @@ class Windows:
         except Exception:
             self.fail("explaining the window")
         finally:
+            own.end()
             with self._lock:
                 window.tracker = None  # its records are addresses; drop them with the window
                 self._window = None

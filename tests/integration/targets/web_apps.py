@@ -19,21 +19,45 @@ from vramguard.asgi import VramGuardMiddleware
 kept: dict[int, torch.Tensor] = {}  # the leak's root: outputs with their graphs, by request id
 
 
-def leaky_app(*, sync: bool = False, **guard_options: Any) -> FastAPI:
-    """The app; ``guard_options`` go to the middleware (nothing: the defaults)."""
+def leaky_app(*, sync: bool = False, rows: int = 4, work: int = 0,
+              **guard_options: Any) -> FastAPI:
+    """The app; ``guard_options`` go to the middleware (nothing: the defaults). ``rows``: the
+    leaked input's rows (4: ~2 KiB a request in all; 64: ~10 KiB); ``work``: 64x64 matmuls each
+    request does besides (both routes), to give requests a realistic duration."""
     app = FastAPI()
     model = torch.nn.Linear(32, 8)
     ids = itertools.count()
+    block = torch.randn(64, 64)
+
+    def busy() -> None:
+        for _ in range(work):
+            block @ block
 
     def leak() -> dict[str, float]:
-        output = model(torch.randn(8, 32))
+        busy()
+        output = model(torch.randn(rows, 32))
         kept[next(ids)] = output  # the graph (and the input it saved) stays alive with it
         return {"score": float(output.detach().mean())}
 
     def clean() -> dict[str, float]:
+        busy()
         with torch.no_grad():
-            return {"score": float(model(torch.randn(8, 32)).mean())}
+            return {"score": float(model(torch.randn(rows, 32)).mean())}
 
+    def truth() -> dict[str, float]:
+        # What one /leak request keeps, measured here (this process's allocator state): the
+        # same work 200 times, heap counter before and after. Call it while no request runs.
+        from vramguard.readers.heap import HeapCounter
+
+        heap = HeapCounter()
+        before = heap.read()
+        for _ in range(200):
+            kept[next(ids)] = model(torch.randn(rows, 32))
+        after = heap.read()
+        return {"bytes_per_request": -1.0 if before is None or after is None
+                else (after - before) / 200}
+
+    app.get("/truth")(truth)
     if sync:
         app.get("/leak")(leak)
         app.get("/clean")(clean)
