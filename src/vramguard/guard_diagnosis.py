@@ -90,9 +90,10 @@ class Window:
             self._running += 1
             if self._entered == 1:
                 self._began = time.perf_counter()
-                # From the first tracked step to the end of the analysis the heap holds
-                # vramguard's own site records: guards' series skip it (see readers.own).
-                own.begin()
+        # Each tracked step takes vramguard's own site records on the heap: guards' series
+        # skip it (see readers.own). One span per step, so a window whose guard stops stepping
+        # never leaves a span open; the analysis (at report()) is a span of its own.
+        own.begin()
         if getattr(_active, "inside", False):
             return _Untracked
         context = self._tracker.active()
@@ -108,6 +109,7 @@ class Window:
         """Called as a step ends, with what :meth:`enter` returned."""
         if context is None:
             return
+        own.end()
         if context is not _Untracked:
             _active.inside = False
             try:
@@ -129,6 +131,7 @@ class Window:
 
     def _analyse_once(self) -> None:
         began = time.perf_counter()
+        own.begin()
         try:
             from vramguard.diagnosis.engine import explain
             from vramguard.readers.census import diff_groups
@@ -145,8 +148,7 @@ class Window:
         finally:
             self._timings = DiagnosisTimings(self.steps, self._window_s,
                                              time.perf_counter() - began)
-            if self._entered:
-                own.end()
+            own.end()
             self._done.set()
 
     @property
