@@ -75,6 +75,11 @@ class Window:
         self._timings: DiagnosisTimings | None = None
         gc.collect()
         self._before: Census = self._taker.take()
+        # Graph nodes too: growth outside tensor storage (`loss_sum += loss`) is explained by
+        # the graph that grew (vramguard.diagnosis.engine.graph_suspect).
+        from vramguard.diagnosis.engine import graph_nodes
+
+        self._nodes_before = graph_nodes()
 
     @property
     def open(self) -> bool:
@@ -143,6 +148,12 @@ class Window:
             if grown:
                 self._suspects = explain(grown, self._tracker, known=self._known,
                                          max_suspects=self._max) or self._known
+            if not any(s.cause not in (None, "unknown") for s in self._suspects):
+                from vramguard.diagnosis.engine import graph_suspect
+
+                graph = graph_suspect(self._nodes_before, self.steps, self._tracker)
+                if graph is not None:
+                    self._suspects = (graph, *self._suspects)[:self._max]
         except Exception:  # a failed analysis leaves the unexplained suspects, never a crash
             _log.warning("vramguard: the diagnosis analysis failed", exc_info=True)
         finally:

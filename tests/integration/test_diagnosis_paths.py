@@ -8,6 +8,7 @@ import sys
 import threading
 import types
 
+import pytest
 import torch
 
 from vramguard.diagnosis import diagnose
@@ -137,3 +138,20 @@ def test_diagnosis_leaves_reference_counts_unchanged() -> None:
     assert after[:3] == before
     assert len(set(after)) == 1
     leaked.clear()
+
+
+def test_a_site_record_dies_with_its_storage() -> None:
+    from vramguard.diagnosis.sites import SiteTracker
+
+    tracker = SiteTracker(cuda_history=False)
+    for _ in range(20):  # the CPU allocator hands a freed block straight back, usually
+        with tracker.active():
+            temporary = torch.randn(64, 64)
+        address = temporary.untyped_storage().data_ptr()
+        assert tracker.site_of(temporary) is not None
+        del temporary
+        later = torch.randn(64, 64)  # outside the window: no site of its own
+        if later.untyped_storage().data_ptr() == address:
+            assert tracker.site_of(later) is None
+            return
+    pytest.skip("the allocator never reused the freed address")

@@ -66,6 +66,24 @@ def test_usage_errors_exit_2_without_a_traceback(args: list[str], needle: str) -
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("args", "stream"), [
+    (["monitor", "--json", "--threshold", "90"], "stdout"),
+    (["loadtest", "not-a-url", "--json"], "stdout"),
+    (["supervise", "--json", "--max-rss", "50", "--", "true"], "stderr"),  # stdout: the command's
+])
+def test_json_errors_are_one_error_document(args: list[str], stream: str) -> None:
+    result = vramguard(*args)
+    assert result.returncode == 2
+    lines = [line for line in getattr(result, stream).splitlines() if line.startswith("{")]
+    assert len(lines) == 1, (result.stdout, result.stderr)
+    document = json.loads(lines[0])
+    assert document["schema"] == "vramguard.error/1"
+    assert document["exit_code"] == 2
+    assert document["message"]
+    if stream == "stdout":
+        assert result.stdout.strip() == lines[0]
+
+
 def test_interval_rules_are_the_same_message_everywhere() -> None:
     monitor = vramguard("monitor", "--interval", "0s").stderr.strip()
     supervise = vramguard("supervise", "--max-rss", "1GiB", "--interval", "0s", "--",

@@ -3,6 +3,7 @@ no console errors, nothing loaded from the network; and ``vramguard check --repo
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -56,8 +57,10 @@ class Checked:
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory) -> Checked:
     """One real ``vramguard check --json --report`` of a leaky target, shared by the tests."""
-    root = tmp_path_factory.mktemp("check")
-    app = root / "app.py"
+    # A long folder name: real paths are long, and the report must wrap them on a phone.
+    root = tmp_path_factory.mktemp("check") / "a_service_with_a_rather_long_folder_name" / "src"
+    root.mkdir(parents=True)
+    app = root / "inference_handlers_for_the_report_test.py"
     app.write_text(textwrap.dedent(LEAKY))
     report = root / "out.html"
     done = subprocess.run(
@@ -129,7 +132,8 @@ def test_browser_check_catches_errors_and_network_loads(
 
 
 def _escaped(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)  # code spans are <code> elements
 
 
 
@@ -140,3 +144,77 @@ def test_check_cli_refuses_a_report_in_a_missing_directory(tmp_path: Path) -> No
         capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "--report" in done.stderr
+
+
+# Run inside the page (inline scripts are allowed by its CSP): what a reader would see, measured.
+MEASURE = """<script>
+(function () {
+  var root = document.documentElement, over = [];
+  document.querySelectorAll("body, .suspect, dl.facts, dd, h3, .fix, p").forEach(function (e) {
+    if (e.scrollWidth > e.clientWidth) {
+      over.push(e.tagName + "." + e.className + " " + e.scrollWidth + ">" + e.clientWidth);
+    }
+  });
+  var series = document.querySelector("svg .series"), trend = document.querySelector("svg .trend");
+  var axes = document.querySelectorAll("svg line.axis"), yAxis = axes[1].getBBox();
+  var labels = Array.prototype.map.call(document.querySelectorAll("svg .y-tick"), function (t) {
+    var box = t.getBBox(); return box.y + box.height / 2;
+  });
+  root.setAttribute("data-measure", JSON.stringify({
+    width: window.innerWidth, scroll: root.scrollWidth, client: root.clientWidth, over: over,
+    trendDash: getComputedStyle(trend).strokeDasharray,
+    trendWidth: parseFloat(getComputedStyle(trend).strokeWidth),
+    seriesWidth: parseFloat(getComputedStyle(series).strokeWidth),
+    trendOnTop: Boolean(series.compareDocumentPosition(trend) & Node.DOCUMENT_POSITION_FOLLOWING),
+    axisTop: yAxis.y, axisBottom: yAxis.y + yAxis.height, labels: labels,
+    codes: document.querySelectorAll(".fix code").length
+  }));
+})();
+</script>"""
+
+
+# Headless chromium's window is at least 500 px wide: a narrower viewport is an iframe of that
+# width (its own viewport, media queries included); the frame's measurement is copied out.
+FRAME = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="frame" src="report.html" style="width:{width}px;height:900px;border:0"></iframe>
+<script>
+document.getElementById("frame").addEventListener("load", function () {{
+  var inner = this.contentDocument.documentElement;
+  document.documentElement.setAttribute("data-measure", inner.getAttribute("data-measure"));
+}});
+</script></body></html>"""
+
+
+def measured(checked: Checked, tmp_path: Path, width: int) -> dict[str, Any]:
+    page = copy_of(checked, tmp_path)
+    page.write_text(page.read_text().replace("</body>", f"{MEASURE}</body>"))
+    frame = tmp_path / "frame.html"
+    frame.write_text(FRAME.format(width=width))
+    dom, console = browse(frame, tmp_path / "profile", "--dump-dom",
+                          "--allow-file-access-from-files", "--window-size=1200,1000")
+    assert console == []
+    found = re.search(r'data-measure="([^"]*)"', dom)
+    assert found is not None, dom[:500]
+    return dict(json.loads(html.unescape(found.group(1))))
+
+
+@needs_browser
+def test_no_horizontal_overflow_at_420_px(checked: Checked, tmp_path: Path) -> None:
+    assert len(str(checked.document["suspects"][0]["allocated_at"]["file"])) > 90  # a long path
+    m = measured(checked, tmp_path, 420)
+    assert m["width"] == 420
+    assert m["scroll"] <= m["client"], m
+    assert m["over"] == [], m["over"]
+
+
+@needs_browser
+def test_chart_trend_on_top_dashed_and_the_y_axis_labelled_at_both_ends(
+        checked: Checked, tmp_path: Path) -> None:
+    m = measured(checked, tmp_path, 1100)
+    assert m["trendOnTop"]
+    assert m["trendDash"] not in ("", "none")
+    assert m["trendWidth"] < m["seriesWidth"]  # the series shows either side of the dashes
+    labels = sorted(m["labels"])
+    assert abs(labels[0] - m["axisTop"]) < 2
+    assert abs(labels[-1] - m["axisBottom"]) < 2
+    assert m["codes"] >= 1  # the fix's `code spans` are <code>

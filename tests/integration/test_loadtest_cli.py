@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.nvmlsim.fixtures import nvml_sim_lib, sim_env, write_scenario  # noqa: F401
+
 pytest.importorskip("torch")
 pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
@@ -103,17 +105,27 @@ def loadtest(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_clean_route_is_no_leak_over_fresh_readings(dense: str) -> None:
-    result = loadtest(f"{dense}/predict/clean/1", "--requests", "60", "--json")
-    assert result.returncode == 0, result.stderr
+    # 300 requests: on CPU the signal is the process's C heap, which a fresh server grows for
+    # its first hundred-odd requests (a short run of a clean route can look like a leak).
+    result = loadtest(f"{dense}/predict/clean/1", "--requests", "300", "--sample-every", "3",
+                      "--json")
+    assert result.returncode == 0, (result.stdout, result.stderr[-3000:])
     document = json.loads(result.stdout)
     assert document["verdict"] == "no_leak"
     fresh = int(document["reason"].split("[")[1].split(" fresh")[0])
-    assert fresh == 60, document["reason"]  # every request read, each reading counted once
+    assert 20 <= fresh <= 101, document["reason"]  # each reading counted once, repeats not
+    # What loadtest dates its readings by: each memory value's request and time of reading.
+    status = httpx.get(f"{dense}/vramguard/status", timeout=60).json()
+    memory = status["memory"]
+    assert set(memory["read_at_request"]) == set(memory["read_at"]) >= {"allocated", "reserved"}
+    assert 0 <= memory["read_at_request"]["allocated"] < status["requests"]
+    assert isinstance(memory["read_at"]["allocated"], float)
+    assert memory["read_at_request"]["reserved"] is None  # CPU: no caching allocator, never read
 
 
 def test_leaky_route_is_a_leak(dense: str) -> None:
     result = loadtest(f"{dense}/predict/leaky", "--requests", "60", "--concurrency", "2")
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 1, (result.stdout, result.stderr[-3000:])
     assert result.stdout.startswith("LEAK GET ")
     assert "fresh memory readings" in result.stdout
 
@@ -163,16 +175,21 @@ def test_a_status_endpoint_that_never_answers_times_out() -> None:
 
 
 def test_default_sparse_guard_is_never_a_pass() -> None:
-    # The README's example server as shipped (overhead_budget default): its status repeats the
-    # last census value; those repeats are no evidence.
+    # A leaky route behind a guard at its default overhead_budget: its status shows a value
+    # again until the next reading, and repeats are no evidence. How many fresh readings come in
+    # depends on the guard's budget (its cost measurements); whatever it is, the answer is the
+    # leak (1), too little evidence (5) or no reading (3): never a pass.
     process, base = example_server("device='cpu'")
     try:
         result = loadtest(f"{base}/predict/leaky", "--requests", "100")
     finally:
         stop(process)
-    assert result.returncode in (3, 5), (result.stdout, result.stderr)
+    assert result.returncode in (1, 3, 5), (result.stdout, result.stderr[-2000:])
     assert "NO_LEAK" not in result.stdout
-    assert "overhead_budget" in result.stderr or "more requests would help" in result.stderr
+    if result.returncode == 3:
+        assert "overhead_budget" in result.stderr
+    else:
+        assert "fresh memory readings" in result.stderr
 
 
 def test_varying_bodies_drive_a_per_input_cache(tmp_path: Path) -> None:
@@ -185,16 +202,17 @@ def test_varying_bodies_drive_a_per_input_cache(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}/embed"
     try:
         cycled = loadtest(url, "-X", "POST", "-H", "Content-Type: application/json",
-                          "--bodies", str(bodies), "--requests", "60", "--json")
+                          "--bodies", str(bodies), "--requests", "30", "--json")
         varied = loadtest(url, "-X", "POST", "-H", "Content-Type: application/json",
                           "--body-template", '{"user": "u{i}-{uuid}"}', "--requests", "60",
                           "--json")
         count = httpx.post(url, json={"user": "a"}, timeout=10).json()["n"]
     finally:
         stop(process)
-    assert cycled.returncode == 0, cycled.stderr
-    assert json.loads(cycled.stdout)["verdict"] == "no_leak"
-    assert varied.returncode == 1, varied.stderr
+    # Too short a run for a no-leak verdict on the C heap (see above): the cycled run's point is
+    # that it sent the three bodies in turn, which the server's cache size shows.
+    assert json.loads(cycled.stdout)["schema"] == "vramguard.check/1", cycled.stderr[-2000:]
+    assert varied.returncode == 1, varied.stderr[-2000:]
     assert json.loads(varied.stdout)["verdict"] == "leak"
     assert count == 3 + 60  # three cycled users, then one new user per templated request
 
@@ -265,3 +283,63 @@ def test_httpx_missing_is_an_environment_error(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "pip install 'vramguard[loadtest]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- --pid: NVML's per-process memory, from the simulated driver (tests/nvmlsim) ---------------------
+@pytest.fixture
+def plain_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A server with no vramguard at all (what --pid is for); (URL, its pid)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                                "127.0.0.1", "--directory", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(base, timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield base, process.pid
+    finally:
+        stop(process)
+
+
+def test_pid_readings_come_from_nvml(nvml_sim_lib: Path,  # noqa: F811
+                                     plain_server: tuple[str, int], tmp_path: Path) -> None:
+    # The same value at every read: each live NVML read is still a reading (unlike a status's
+    # repeat). (A growing schedule would grow with wall time, not with requests: not tested.)
+    base, pid = plain_server
+    scenario = write_scenario(tmp_path, f"""
+        device 0 name=SimGPU uuid=GPU-00000000-0000-0000-0000-000000000000 total=80GiB
+        used 0 1GiB
+        process 0 {pid} 2GiB
+        """)
+    env = sim_env(nvml_sim_lib, scenario, base=ENV)
+    result = subprocess.run([sys.executable, "-m", "vramguard", "loadtest", base, "--pid",
+                             str(pid), "--requests", "60", "--json"], capture_output=True,
+                            text=True, timeout=240, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert document["verdict"] == "no_leak"
+    assert document["device"] == f"pid {pid}"
+    assert document["memory"]["end_bytes"] == 2 * 1024**3
+    assert "61 fresh memory readings" in document["reason"]
+
+
+def test_a_pid_no_gpu_lists_gives_no_verdict(nvml_sim_lib: Path,  # noqa: F811
+                                             plain_server: tuple[str, int],
+                                             tmp_path: Path) -> None:
+    base, pid = plain_server
+    scenario = write_scenario(tmp_path, """
+        device 0 name=SimGPU uuid=GPU-00000000-0000-0000-0000-000000000000 total=80GiB
+        used 0 1GiB
+        process 0 1 2GiB
+        """)
+    env = sim_env(nvml_sim_lib, scenario, base=ENV)
+    result = subprocess.run([sys.executable, "-m", "vramguard", "loadtest", base, "--pid",
+                             str(pid), "--requests", "30"], capture_output=True, text=True,
+                            timeout=240, env=env, check=False)
+    assert result.returncode == 3, result.stderr
+    assert "no GPU listed the pid" in result.stderr

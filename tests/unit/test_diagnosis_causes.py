@@ -79,3 +79,60 @@ def test_path_formatting() -> None:
     assert str(default) == "history (default argument of predict(), list)"
     assert str(Root(RootKind.CLASS_ATTRIBUTE, "Service.seen", "list", "app")) == (
         "Service.seen (class attribute, list, in module app)")
+
+
+def test_a_training_step_is_never_told_to_use_inference_mode() -> None:
+    outputs = Evidence(function="training_step", root_kind=RootKind.MODULE_GLOBAL,
+                       variable="outputs", graph=True, trained=True)
+    fix = write_fix(classify(outputs), outputs)
+    assert "inference_mode" not in fix
+    assert "no_grad" not in fix
+    assert "`out.detach()`" in fix
+    summed = Evidence(function="step", variable="loss_sum", graph=True, accumulator=True,
+                      trained=True, stored_by="train_epoch", graph_nodes=96)
+    fix = write_fix(classify(summed), summed)
+    assert classify(summed) is Cause.AUTOGRAD_GRAPH
+    assert "`loss.item()`" in fix
+    assert "+96 autograd nodes" in fix
+    assert "by `train_epoch()`" in fix
+    assert "no_grad" not in fix
+
+
+def test_a_create_graph_cycle_through_grad_is_a_reference_cycle() -> None:
+    evidence = Evidence(function="step", variable="model", graph=True, grad_cycle=True,
+                        root_kind=RootKind.MODULE_GLOBAL)
+    assert classify(evidence) is Cause.REFERENCE_CYCLE
+    fix = write_fix(Cause.REFERENCE_CYCLE, evidence)
+    assert "torch.autograd.grad(..., create_graph=True)" in fix
+    assert "set_to_none=True" in fix
+
+
+def test_holders_that_empty_themselves_are_told_to() -> None:
+    metric = Evidence(function="handle", root_kind=RootKind.MODULE_GLOBAL, variable="preds",
+                      reset="auroc.reset()")
+    assert "call `auroc.reset()` after each epoch/compute" in write_fix(classify(metric), metric)
+    cache = Evidence(function="handle", root_kind=RootKind.MODULE_GLOBAL, variable="embed",
+                     reset="embed.cache_clear()")
+    assert "`embed.cache_clear()`" in write_fix(classify(cache), cache)
+
+
+def test_ipython_roots_get_ipython_fixes() -> None:
+    out = Evidence(root_kind=RootKind.MODULE_GLOBAL, variable="_12", direct=True,
+                   ipython_cache=True)
+    fix = write_fix(classify(out), out)
+    assert "`;`" in fix
+    assert "%reset -f out" in fix
+    assert "InteractiveShell.cache_size = 0" in fix
+    crashed = Evidence(root_kind=RootKind.MODULE_GLOBAL, variable="last_traceback",
+                       traceback=True)
+    fix = write_fix(classify(crashed), crashed)
+    assert "%xdel" in fix
+    assert "sys.last_traceback = None" in fix
+
+
+def test_local_steps_name_the_variable() -> None:
+    path = ReferencePath(Root(RootKind.MODULE_GLOBAL, "last_traceback", "traceback", "sys"),
+                         (Step("local", "batch"), Step("index", "0")), "Tensor(2)")
+    assert str(path) == ("last_traceback (global traceback in module sys) -> local `batch` -> [0] "
+                         "-> Tensor(2)")
+    assert path.variable == "batch"

@@ -94,7 +94,7 @@ def test_report_shows_every_diagnosis_field_escaped() -> None:
 
 def test_report_hides_diagnosis_fields_that_are_none() -> None:
     page = render_html(result(suspects=(Suspect(tensors()),)))
-    assert "Tensor(4x16, float32, cpu)" in page
+    assert "Tensor(4x16, float32, cpu, grad_fn=AddmmBackward0)" in page
     for label in ("allocated at", "held by", "retains", "Fix:", "allocation stack"):
         assert label not in page
     assert "None" not in page
@@ -122,3 +122,35 @@ def test_report_for_an_inconclusive_run_with_no_samples() -> None:
     page = render_html(empty)
     assert "inconclusive" in page
     assert "No growing tensor groups." in page
+
+
+def test_suspect_title_is_the_text_reports() -> None:
+    grad_only = TensorGrowth("cpu", "float32", (8, 128), True, "ReluBackward0", 179, 716 * KIB)
+    page = render_html(result(suspects=(Suspect(grad_only),)))
+    head = str(grad_only).partition("): ")[0] + ")"
+    assert head == "Tensor(8x128, float32, cpu, grad_fn=ReluBackward0)"
+    assert f"<h3>1. {head}</h3>" in page
+    assert "<p>+179 tensors, +716.0 KiB</p>" in page
+
+
+def test_code_spans_become_code_elements_and_stay_escaped() -> None:
+    page = render_html(result(suspects=(diagnosed(),)))
+    assert "keeps outputs in <code>results</code>: append" in page
+    assert "`results`" not in page
+    assert "&lt;script&gt;" in page  # the rest of the fix is still escaped text
+
+
+def test_y_axis_is_labelled_at_both_ends() -> None:
+    chart = chart_model(result())
+    svg = render_svg(chart, 100)
+    ys = [float(y) for y in re.findall(r'class="tick y-tick" x="[\d.]+" y="([\d.]+)"', svg)]
+    assert len(ys) >= 3
+    top, bottom = 16, 340 - 40  # the plot's edges in the viewBox
+    assert min(ys) == pytest.approx(top + 4)
+    assert max(ys) == pytest.approx(bottom + 4)
+    assert all(b - a >= 20 for a, b in zip(sorted(ys), sorted(ys)[1:], strict=False))  # no overlap
+
+
+def test_trend_is_drawn_on_top_of_the_series() -> None:
+    svg = render_svg(chart_model(result()), 100)
+    assert svg.index('class="series"') < svg.index('class="trend"')

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from vramguard.analysis.samples import Sample
-from vramguard.errors import EnvironmentProblem
+from vramguard.errors import EnvironmentProblem, NvmlError
 
 # The memory values a status carries that map onto Sample fields (``tensor_bytes`` where this
 # vramguard's Sample has it).
@@ -237,11 +237,17 @@ def status_reader(client: httpx.AsyncClient, status_url: str) -> MemoryReader:
 def pid_reader(pid: int, vram: Callable[[set[int]], int | None]) -> MemoryReader:
     """Reads a process's device memory (``vram``: e.g. ``Nvml().process_vram``); it is all the
     process holds, allocator cache included, so it stands in for "allocated". Each read is live,
-    so each one is fresh (dated by this load test's request count)."""
+    so each one is fresh (dated by this load test's request count); a pid no device lists gives
+    no reading."""
     async def read(completed: int) -> Reading:
-        used = await asyncio.to_thread(vram, {pid})
+        try:
+            used = await asyncio.to_thread(vram, {pid})
+        except NvmlError as exc:  # the driver refused: no reading, and not a leak (exit 3)
+            raise EnvironmentProblem(f"NVML could not read pid {pid}'s memory: {exc}") from exc
         now = time.monotonic()
-        values = () if used is None else (Value("allocated", used, completed, now),)
+        # 0: no device lists the pid (not on a GPU, or another pid namespace): no reading, so a
+        # wrong pid cannot pass as a flat "no leak".
+        values = () if not used else (Value("allocated", used, completed, now),)
         return Reading(completed, values, now)
     return read
 

@@ -29,15 +29,21 @@ class Calls:
     def __init__(self, function: Callable[[int], Any], requests: int) -> None:
         self._function = function
         self.requests = requests
-        self.completed = 0
+        # Calls begun. Counted before the call: an ``async def`` target returns its coroutine at
+        # once (the runner awaits it), so "begun" is what both kinds of target can tell.
+        self.started = 0
         self.on_extra: Callable[[int], None] | None = None
 
     def __call__(self, index: int) -> Any:
-        result = self._function(index)
-        self.completed += 1
-        if self.completed > self.requests and self.on_extra is not None:
-            self.on_extra(self.completed - self.requests)
-        return result
+        self.started += 1
+        if self.started > self.requests and self.on_extra is not None:
+            self.on_extra(self.started - self.requests)
+        return self._function(index)
+
+    @property
+    def failed_at(self) -> int:
+        """The index of the call in progress (the one that failed, when one did)."""
+        return max(0, self.started - 1)
 
 
 @contextmanager

@@ -80,7 +80,7 @@ def check(target: str, requests: int, warmup: str, device: str, as_json: bool, q
                                diagnosis_requests=diagnosis_requests,
                                track_sites=diagnose == "always")
     except SystemExit as exc:  # the runner passes it on (it is no Exception): still the target's
-        done = 0 if calls is None else calls.completed
+        done = 0 if calls is None else calls.failed_at
         error = exited(target, exc, completed=done, where=f"on request {done}")
         report_target_failure(error)
         raise error from exc

@@ -47,8 +47,13 @@ def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 def _bodies(path: Path) -> tuple[bytes, ...]:
     """One JSON body per non-empty line of a .jsonl file (cycled by the load)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"expected --bodies {str(path)!r} to be a readable UTF-8 .jsonl file: "
+                         f"{error}") from None
     bodies = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -60,6 +65,12 @@ def _bodies(path: Path) -> tuple[bytes, ...]:
     if not bodies:
         raise UsageError(f"expected --bodies {str(path)!r} to hold at least one JSON line")
     return tuple(bodies)
+
+
+def _pid_exists(pid: int) -> bool:
+    import psutil
+
+    return bool(psutil.pid_exists(pid))
 
 
 def _require_httpx() -> None:
@@ -126,6 +137,8 @@ def loadtest(url: str, method: str, headers: tuple[str, ...], body_file: Path | 
         raise UsageError(f"expected --requests to be a positive number, got {requests}")
     if sum(x is not None for x in (body_file, body_template, bodies_file)) > 1:
         raise UsageError("give one of --body-file, --body-template and --bodies")
+    if pid is not None and (pid < 1 or not _pid_exists(pid)):
+        raise UsageError(f"expected --pid to be a running process, got {pid}")
     if sample_every is not None and sample_every < 1:
         raise UsageError(f"expected --sample-every to be a positive number, got {sample_every}")
     seconds = parse_interval("--duration", duration) if duration is not None else None
@@ -134,6 +147,8 @@ def loadtest(url: str, method: str, headers: tuple[str, ...], body_file: Path | 
     warm = None if warmup == "auto" else int(warmup) if warmup.isdigit() else None
     if warmup != "auto" and warm is None:
         raise UsageError(f"expected --warmup to be a number or 'auto', got {warmup!r}")
+    if warm is not None and count is not None and warm >= count:
+        raise UsageError(f"expected --warmup below --requests ({count}), got {warm}")
     plan = LoadPlan(url=url, method=method.upper(), headers=_headers(headers),
                     body=body_file.read_bytes() if body_file else None, concurrency=concurrency,
                     requests=count, duration=seconds, sample_every=every,
@@ -156,8 +171,8 @@ def loadtest(url: str, method: str, headers: tuple[str, ...], body_file: Path | 
     async def go() -> LoadResult:
         async with httpx.AsyncClient(timeout=plan.timeout) as client:
             if pid is not None:
-                from vramguard.nvml import Nvml
-                reader = pid_reader(pid, Nvml().process_vram)
+                from vramguard.nvml import Nvml, default_library_path
+                reader = pid_reader(pid, Nvml(library_path=default_library_path()).process_vram)
             else:
                 reader = status_reader(client, status)
             return await run_load(plan, client, reader, Freshness(), progress)
@@ -190,11 +205,14 @@ def _judge(result: LoadResult, *, target: str, device: str, warm: int | None, as
                    err=True)
     if freshness.fresh == 0:
         where = f"from {status}" if status else "from NVML"
+        hint = ("is the middleware's status on (expose_status=True)? a sparse guard reads "
+                "memory rarely: use overhead_budget=None on the server, or send more requests")
+        if status is None:
+            hint = ("no GPU listed the pid: is it the process using the GPU (not a parent "
+                    "or a worker), and in this pid namespace?")
         raise EnvironmentProblem(
             f"no usable memory reading {where}: none of its {result.reads} reads showed an "
-            "allocated-memory value read during the load",
-            hint="is the middleware's status on (expose_status=True)? a sparse guard reads "
-                 "memory rarely: use overhead_budget=None on the server, or send more requests")
+            "allocated-memory value read during the load", hint=hint)
     samples = freshness.samples()
     resolved = auto_warmup(result.completed) if warm is None else warm
     verdict = decide(samples, warmup=resolved)

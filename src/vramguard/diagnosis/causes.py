@@ -118,8 +118,8 @@ def write_fix(cause: Cause, evidence: Evidence) -> str:
                 "(also `sys.last_value`)")
     if cause is Cause.REFERENCE_CYCLE and evidence.grad_cycle:
         return (f"`backward(create_graph=True)` in {where} makes a reference cycle: each "
-                f"parameter's `.grad` keeps a graph that refers back to the parameter, so {var} "
-                f"keeps every step's graph; use `torch.autograd.grad(..., create_graph=True)` "
+                f"parameter's `.grad` keeps a graph that refers back to the parameter, so every "
+                f"step's graph stays alive; use `torch.autograd.grad(..., create_graph=True)` "
                 f"instead, or set the gradients to None after use "
                 f"(`optimizer.zero_grad(set_to_none=True)` / `p.grad = None`)")
     if evidence.reset is not None and cause in (Cause.CONTAINER_GROWTH, Cause.GLOBAL_REFERENCE,
@@ -150,8 +150,8 @@ def write_fix(cause: Cause, evidence: Evidence) -> str:
                         f"step's graph stays chained to it{nodes}: accumulate `loss.item()` (or "
                         f"`loss.detach()`)")
             return (f"{where} accumulates into {var}{stored} with grad enabled, so every "
-                    f"request's graph is chained to it{nodes}: accumulate `loss.item()` (or "
-                    f"`loss.detach()`), or run it under `torch.no_grad()`")
+                    f"request's graph is chained to it{nodes}: accumulate `loss.item()` (or carry "
+                    f"a `.detach()`ed value in {var}), or run it under `torch.no_grad()`")
         if evidence.trained:
             return (f"{where} keeps outputs that carry their graph in {var}{stored} in a training "
                     f"step: keep `out.detach()` (or `.item()` for scalars, `.cpu()` for copies)")

@@ -27,7 +27,9 @@ from vramguard.readers.census import CensusTaker, TensorGroup, diff_groups
 from vramguard.readers.process import ProcessReader
 
 _log = logging.getLogger("vramguard")
-_EXEMPLARS = 3
+# Every window-born tensor of a group is a candidate (up to this many), so which one the path is
+# shown for depends on the heap, not on the order gc lists tensors in.
+_EXEMPLARS = 64
 _GROUPS = 8
 _WORKER_MIN_GROWTH = 4 * 1024 * 1024
 
@@ -274,10 +276,11 @@ def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
         evidence = Evidence()
         return replace(base, retained_bytes=retained, cause=Cause.UNKNOWN,
                        fix=write_fix(Cause.UNKNOWN, evidence))
-    # The candidate with the shortest path (first in candidate order on a tie): deterministic.
-    depths = [(retainers.snapshot.depth(tensor), position)
-              for position, (tensor, _holder, _node, _) in enumerate(candidates)]
-    reached = [(depth, position) for depth, position in depths if depth is not None]
+    # The candidate the walk met first (shortest path, then the walk's order, which depends on
+    # the heap only, not on the order gc listed the candidates in): deterministic.
+    ranks = [(retainers.snapshot.rank(tensor), position)
+             for position, (tensor, _holder, _node, _) in enumerate(candidates)]
+    reached = [(rank, position) for rank, position in ranks if rank is not None]
     chosen = min(reached)[1] if reached else 0
     tensor, holder = candidates[chosen][0], candidates[chosen][1]
     chain = retainers.chain(tensor)

@@ -7,6 +7,7 @@ Reads attributes of the objects on one chain only (a few dozen), after the walk.
 from __future__ import annotations
 
 import gc
+import re
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from vramguard.diagnosis.snapshot import Edge, HeapSnapshot
 __all__ = ["describe", "name_chain"]
 
 _MISSING = object()
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def describe(obj: Any) -> str:
@@ -26,6 +28,11 @@ def describe(obj: Any) -> str:
     if hasattr(obj, "untyped_storage") and shape is not None:
         return f"Tensor({', '.join(map(str, shape))})"
     return type(obj).__name__
+
+
+def _key_label(key: Any) -> str:
+    """``repr(key)`` without object addresses (they differ from run to run)."""
+    return _ADDRESS.sub("", repr(key))
 
 
 def _type_name(obj: Any) -> str:
@@ -176,7 +183,7 @@ def _step(chain: Sequence[Any], i: int) -> tuple[Step | None, int]:
             return Step("attr", "?" if key is _MISSING else str(key)), 2
     if isinstance(parent, dict):
         key = _key_of(parent, child)
-        return (None if key is _MISSING else Step("key", repr(key))), 1
+        return (None if key is _MISSING else Step("key", _key_label(key))), 1
     if isinstance(parent, list | tuple):
         found = next((j for j, v in enumerate(parent) if v is child), None)
         return (None if found is None else Step("index", str(found))), 1

@@ -3,10 +3,11 @@ frame in user code and a short stack of user frames.
 
 Device-agnostic: a ``TorchDispatchMode`` sees every aten op (factory functions included) and
 records the op's *new* storages, keyed by ``(device index, data pointer)``. Nothing is kept
-alive: the key is an address, a freed address reused by a later allocation simply overwrites its
-record (last writer wins, which is the storage now living there). On CUDA the allocator's own
-history (``torch.cuda.memory._record_memory_history``, bounded ``max_entries``) is joined by block
-address for storages the dispatcher did not see.
+alive: each record carries a weak reference to its storage (a C++ weak pointer, not a Python
+object), so a record dies with its storage: a freed temporary's address reused by a tensor born
+outside the window (another thread, a C extension) answers "no site", never the temporary's
+line. On CUDA the allocator's own history (``torch.cuda.memory._record_memory_history``, bounded
+``max_entries``) is joined by block address for storages the dispatcher did not see.
 
 The cost (a frame walk per op) is paid only while the window is open: see
 ``bench/diagnosis_window.py``.
@@ -14,6 +15,7 @@ The cost (a frame walk per op) is paid only while the window is open: see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -94,6 +96,9 @@ class SiteTracker:
         self._depth = stack_depth
         self._max = max_records
         self._records: dict[tuple[int, int], Record] = {}
+        # key -> the storage's weak reference (a cdata int); freed with the tracker
+        self._weak: dict[tuple[int, int], int] = {}
+        self._storage = self._torch.UntypedStorage
         self._cuda_records: dict[int, Record] = {}
         self._cuda_history = cuda_history
         self._full = False
@@ -136,15 +141,36 @@ class SiteTracker:
                     return  # allocated by torch or vramguard themselves
                 record = (stack[0], stack)
             self._records[key] = record
+            self._remember(key, tensor)
         if len(self._records) > self._max:
             self._full = True
             _log.warning("vramguard: the diagnosis window recorded %d storages; it stops recording",
                          self._max)
 
+    def _remember(self, key: tuple[int, int], tensor: Any) -> None:
+        old = self._weak.pop(key, None)
+        if old is not None:
+            self._storage._free_weak_ref(old)
+        # a storage without weak references is kept by key only
+        with contextlib.suppress(RuntimeError, AttributeError):
+            self._weak[key] = tensor.untyped_storage()._weak_ref()
+
+    def _stale(self, key: tuple[int, int]) -> bool:
+        weak = self._weak.get(key)
+        return weak is not None and bool(self._storage._expired(weak))
+
+    def __del__(self) -> None:
+        weak, self._weak = getattr(self, "_weak", {}), {}
+        free = getattr(getattr(self, "_storage", None), "_free_weak_ref", None)
+        if free is not None:
+            for cdata in weak.values():
+                free(cdata)
+
     def site_of(self, tensor: Any) -> tuple[Site, tuple[Site, ...]] | None:
-        """(allocated_at, stack) of ``tensor``'s storage, or ``None`` if born outside the window."""
+        """(allocated_at, stack) of ``tensor``'s storage, or ``None`` if born outside the window
+        (or its record's storage died: the address now belongs to another storage)."""
         key = _key(tensor)
-        record = None if key is None else self._records.get(key)
+        record = None if key is None or self._stale(key) else self._records.get(key)
         if record is None and key is not None and key[0] >= 0:
             record = self._cuda_records.get(key[1])
         if record is None:

@@ -129,6 +129,16 @@ class HeapSnapshot:
         found = self._depth.get(id(self._aliases.get(id(obj), obj)), -1)
         return None if found < 0 else found
 
+    def rank(self, obj: Any) -> tuple[int, int] | None:
+        """(depth, place in the walk's level): the walk's order, the same for the same heap
+        whatever the order the caller found its objects in (None: not reached)."""
+        obj = self._aliases.get(id(obj), obj)
+        depth = self._depth.get(id(obj), -1)
+        if depth < 0:
+            return None
+        place = next((i for i, o in enumerate(self._levels[depth]) if o is obj), None)
+        return None if place is None else (depth, place)
+
     def reached(self, obj: Any) -> bool:
         """True when a named root reaches ``obj`` (or, for a saved tensor, its storage view)."""
         return self._depth.get(id(self._aliases.get(id(obj), obj)), -1) >= 0
@@ -278,7 +288,23 @@ def _frame_sources() -> list[Source]:
 def take_snapshot(targets: Iterable[Any] = (), *, limits: Limits | None = None,
                   sources: list[Source] | None = None, exclude: Iterable[Any] = ()) -> HeapSnapshot:
     """Walk the heap from the named roots, level by level, until every target is reached (all
-    of it when ``targets`` is empty) or a bound is met. ``exclude``: the caller's own objects."""
+    of it when ``targets`` is empty) or a bound is met. ``exclude``: the caller's own objects.
+
+    The cycle collector is paused during the walk: the walk allocates containers, and a full
+    collection it triggered on a big heap would hold the GIL for 100+ ms (a stall for every other
+    thread of a server); it runs again, as before, once the walk ends.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _walk(targets, limits, sources, exclude)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _walk(targets: Iterable[Any], limits: Limits | None, sources: list[Source] | None,
+          exclude: Iterable[Any]) -> HeapSnapshot:
     limits = limits or Limits()
     sources = named_sources() if sources is None else sources
     kinds = _Kinds()
@@ -338,14 +364,21 @@ def _next_level(level: list[Any], number: int, kinds: _Kinds, depth: dict[int, i
         special.extend(itertools.compress(
             chunk, map((2).__eq__, map(kinds.__getitem__, map(type, chunk)))))
         children = gc.get_referents(*chunk)
-        kept = dict(zip(map(id, children), children, strict=True))
-        del children, chunk
-        fresh = [obj for key, obj in kept.items() if key not in depth and kinds[type(obj)]
-                 and not (type(obj) is types.FrameType and is_own_code(obj.f_code.co_filename))]
-        kept.clear()
-        depth.update(dict.fromkeys(map(id, fresh), number))
-        nxt.extend(fresh)
-        del fresh
+        del chunk
+        # One big container (a list of 300k records) gives 300k referents: the bookkeeping is
+        # chunked too, so no single C call runs over all of them.
+        for low in range(0, len(children), _CHUNK):
+            part = children[low:low + _CHUNK]
+            kept = dict(zip(map(id, part), part, strict=True))
+            del part
+            fresh = [obj for key, obj in kept.items() if key not in depth and kinds[type(obj)]
+                     and not (type(obj) is types.FrameType
+                              and is_own_code(obj.f_code.co_filename))]
+            kept.clear()
+            depth.update(dict.fromkeys(map(id, fresh), number))
+            nxt.extend(fresh)
+            del fresh
+        del children
     for obj in special:
         for child, edge in _extra_edges(obj, saved_attrs):
             if id(child) in depth or not kinds[type(child)]:

@@ -11,6 +11,7 @@ CSS = """
 * { box-sizing: border-box; }
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg);
        margin: 0 auto; max-width: 980px; padding: 24px; }
+@media (max-width: 560px) { body { padding: 12px; } dl.facts { grid-template-columns: 1fr; } }
 h1 { font-size: 22px; margin: 0 0 4px; }
 h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid var(--line); }
 .verdict { display: inline-block; padding: 2px 10px; border-radius: 4px; color: #fff;
@@ -19,17 +20,24 @@ h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid var(--line); 
 .verdict.no_leak { background: var(--ok); }
 .verdict.inconclusive, .verdict.cache_growth, .verdict.fragmentation { background: var(--warn); }
 .muted { color: var(--muted); }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 12px 0; }
+dl.facts { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: 2px 16px;
+           margin: 12px 0; }
 dl.facts dt { color: var(--muted); }
-dl.facts dd { margin: 0; }
+/* Long paths and reference chains have no spaces to break at: let them wrap anywhere rather than
+   push the card wider than a phone's screen. */
+dl.facts dd { margin: 0; min-width: 0; overflow-wrap: anywhere; }
+h3, .fix, .suspect p, #readout { overflow-wrap: anywhere; }
+code { overflow-wrap: anywhere; background: #f1f3f6; padding: 0 3px; border-radius: 3px; }
 figure { margin: 0; }
 svg.chart { width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 svg .axis { stroke: #8a93a3; stroke-width: 1; }
 svg .grid { stroke: #eef0f4; stroke-width: 1; }
 svg .tick { font-size: 11px; fill: var(--muted); }
-svg .series { fill: none; stroke: var(--series); stroke-width: 1.6; }
+svg .series { fill: none; stroke: var(--series); stroke-width: 3; stroke-linejoin: round; }
 svg .reserved { fill: none; stroke: #8e7cc3; stroke-width: 1.2; stroke-dasharray: 2 3; }
-svg .trend { stroke: var(--trend); stroke-width: 1.8; stroke-dasharray: 7 5; }
+/* Drawn after the series, thinner and dashed: where the fit coincides with the data both show
+   (red dashes inside the blue line), where they part the dashes stand alone. */
+svg .trend { stroke: var(--trend); stroke-width: 1.6; stroke-dasharray: 7 5; }
 svg .warmup { fill: #f3e9c6; opacity: .7; }
 svg .detect { stroke: var(--leak); stroke-width: 1.2; }
 svg .detect-dot { fill: var(--leak); }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -31,6 +32,14 @@ _MAX_POINTS = 1200  # a polyline beyond this adds bytes, not information
 # Content-Security-Policy: the page may load nothing at all, so it cannot phone home.
 _CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
         "img-src data:")
+
+
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def _prose(text: str) -> str:
+    """Escaped text with Markdown code spans (`x`) as ``<code>``: the fixes and reasons use them."""
+    return _CODE_SPAN.sub(r"<code>\1</code>", escape(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +142,13 @@ def _byte_ticks(low: float, high: float) -> list[float]:
     return [tick * unit for tick in _ticks(low / unit, high / unit)]
 
 
+def _y_labels(s: _Scale) -> list[float]:
+    """The axis's two ends, labelled, and the round ticks between that do not crowd them."""
+    gap = (s.y1 - s.y0) * 0.08  # about 24 px of the plot's height
+    inner = [v for v in _byte_ticks(s.y0, s.y1) if s.y0 + gap < v < s.y1 - gap]
+    return [s.y0, *inner, s.y1]
+
+
 def render_svg(chart: ChartModel, requests: int) -> str:
     """The chart as an inline ``<svg>`` element (drawn by the browser without any script)."""
     s = _scale(chart, requests)
@@ -144,11 +160,11 @@ def render_svg(chart: ChartModel, requests: int) -> str:
                    f'width="{max(0.0, s.x(chart.warmup) - _LEFT):.1f}" height="{bottom - _TOP}">'
                    f"<title>warm-up: first {chart.warmup} requests, ignored</title></rect>")
         out.append(f'<text class="label" x="{_LEFT + 6}" y="{_TOP + 14}">warm-up</text>')
-    for value in _byte_ticks(s.y0, s.y1):
+    for value in _y_labels(s):
         y = s.y(value)
         out.append(f'<line class="grid" x1="{_LEFT}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        out.append(f'<text class="tick" x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                   f"{escape(format_bytes(value))}</text>")
+        out.append(f'<text class="tick y-tick" x="{_LEFT - 6}" y="{y + 4:.1f}" '
+                   f'text-anchor="end">{escape(format_bytes(value))}</text>')
     for value in _ticks(s.x0, s.x1):
         x = s.x(value)
         out.append(f'<text class="tick" x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">'
@@ -199,12 +215,11 @@ def _suspect_html(rank: int, suspect: Suspect) -> str:
     if t is None:  # growth outside this process's tensors (worker processes)
         parts = [f'<section class="suspect"><h3>{rank}. Child processes{cause}</h3>']
     else:
-        shape = "x".join(map(str, t.shape)) or "scalar"
-        saved = f", saved by {escape(t.grad_fn or 'an autograd graph')}" if t.in_graph else ""
-        parts = [f'<section class="suspect"><h3>{rank}. Tensor({escape(shape)}, '
-                 f"{escape(t.dtype)}, {escape(t.device)}){cause}</h3>",
-                 f"<p>{t.count_growth:+d} tensors, "
-                 f"{escape(format_bytes(t.bytes_growth, signed=True))}{saved}</p>"]
+        # The text report's words: "Tensor(8x128, float32, cpu, grad_fn=ReluBackward0)", then
+        # the counts, so the two reports name a suspect the same way.
+        head, _, counts = str(t).partition("): ")
+        parts = [f'<section class="suspect"><h3>{rank}. {escape(head)}){cause}</h3>',
+                 f"<p>{escape(counts)}</p>"]
     parts.append('<dl class="facts">')
     if suspect.retained_bytes is not None:
         parts.append(f"<dt>retains</dt><dd>{escape(format_bytes(suspect.retained_bytes))}</dd>")
@@ -215,7 +230,7 @@ def _suspect_html(rank: int, suspect: Suspect) -> str:
         parts.append(f"<dt>held by</dt><dd><code>{escape(suspect.held_by)}</code></dd>")
     parts.append("</dl>")
     if suspect.fix is not None:
-        parts.append(f'<div class="fix"><strong>Fix:</strong> {escape(suspect.fix)}</div>')
+        parts.append(f'<div class="fix"><strong>Fix:</strong> {_prose(suspect.fix)}</div>')
     if suspect.stack:
         frames = "\n".join(escape(str(site)) for site in suspect.stack)
         count = len(suspect.stack)
@@ -240,10 +255,10 @@ def render_html(result: CheckResult) -> str:
     facts.append(("memory", f"{format_bytes(verdict.start_bytes)} -> "
                             f"{format_bytes(verdict.end_bytes)} of "
                             f"{format_bytes(verdict.capacity_bytes)}"))
-    fact_rows = "\n".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
+    fact_rows = "\n".join(f"<dt>{escape(k)}</dt><dd>{_prose(v)}</dd>" for k, v in facts)
     warnings = ""
     if verdict.warnings:
-        items = "\n".join(f"<li>{escape(w)}</li>" for w in verdict.warnings)
+        items = "\n".join(f"<li>{_prose(w)}</li>" for w in verdict.warnings)
         warnings = f'<h2>Warnings</h2><ul class="warnings">{items}</ul>'
     if result.suspects:
         suspects = "\n".join(_suspect_html(i, s) for i, s in enumerate(result.suspects, 1))
