@@ -83,13 +83,13 @@ def lightning_run(steps: int, guarded: bool) -> float:
                       batch_size=32)
     timer = Timer()
     guard = timed(VramGuardCallback(), ("on_train_batch_start", "on_train_batch_end",
-                                        "on_train_end"))
-    callbacks: list[object] = [timer] + ([guard] if guarded else [])
+                                        "on_train_end")) if guarded else None
+    callbacks: list[object] = [timer] + ([guard] if guard is not None else [])
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks)
     trainer.fit(MLP(), data)
-    if guarded:
+    if guard is not None:
         _collect(guard)
     return timer.elapsed
 
@@ -119,11 +119,11 @@ def transformers_run(steps: int, guarded: bool) -> float:
             output_dir=out, max_steps=steps, per_device_train_batch_size=8, logging_steps=50,
             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
         guard = timed(VramGuardCallback(), ("on_step_begin", "on_step_end", "on_log",
-                                            "on_train_end"))
-        callbacks = [timer] + ([guard] if guarded else [])
+                                            "on_train_end")) if guarded else None
+        callbacks = [timer] + ([guard] if guard is not None else [])
         transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
                              train_dataset=data, callbacks=callbacks).train()
-    if guarded:
+    if guard is not None:
         _collect(guard)
     return timer.elapsed
 

@@ -83,7 +83,9 @@ class TrainingWatch:
         self.verdict = self.guard.verdict()
         if self.verdict.is_leak:
             self.leak_seen = True
-        if self.leak_seen and not self.acted and explained(self.guard):
+        # The verdict must still say leak when the action comes: a report that stops a run
+        # should not read "no_leak" (the diagnosis window's own steps can blur a small leak).
+        if self.leak_seen and not self.acted and self.verdict.is_leak and explained(self.guard):
             self.acted = True
             return self.on_leak
         return None

@@ -394,8 +394,9 @@ class Guard:
 
     def report(self, target: str = "Guard", *, wait_s: float | None = 60.0) -> Report:
         """The verdict explained: a :class:`vramguard.Report` (``str()`` it, ``to_dict()``,
-        ``to_html(path)``). After a leak it waits (``wait_s`` at most) for the diagnosis window's
-        analysis; costs a census on a leak, so call it for a report, never per step."""
+        ``to_html(path)``). After a leak whose diagnosis window has run, the first call runs the
+        window's analysis (up to seconds, on this thread); costs a census on a leak, so call it
+        for a report, never per step. ``wait_s``: only for an analysis in another thread."""
         return build_report(self, target, wait_s)  # issue 10: vramguard.guard_diagnosis
 
     def growing_tensors(self, limit: int = 5) -> list[tuple[TensorGroup, int, int]]:

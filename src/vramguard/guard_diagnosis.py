@@ -2,9 +2,10 @@
 
 ``Guard(diagnose="auto")`` opens a :class:`Window` the first time it gives a leak verdict. The next
 ``diagnose_steps`` steps each run under the allocation-site tracker (entered and left by the step
-itself, in the step's thread), and when the last of them ends the analysis (census diff, reference
-paths, cause, fix) runs in a background thread, never on the step path. ``Guard.report()`` waits
-for that analysis and hands its suspects to the :class:`~vramguard.report.Report`.
+itself, in the step's thread). The analysis (census diff, reference paths, cause, fix) runs when
+``Guard.report()`` is first called after the window, never on a step: in a helper thread that the
+caller waits for (run beside the steps, it raced them for the GIL and hit its search limits under
+load; on the caller's own thread, the caller's frames could not be named as roots).
 
 The same :class:`Window` serves ``run_check_async``: a run inside someone else's event loop
 cannot hand :func:`vramguard.diagnosis.diagnose` a synchronous function to call, so it drives the
@@ -45,12 +46,12 @@ class Window:
     """A diagnosis window over ``steps`` steps that the caller runs (thread-safe).
 
     ``known``: the suspects already found (their whole-run growth figures win over the window's).
-    ``background``: run the analysis in a thread when the last step ends (the Guard); otherwise
-    :meth:`result` runs it on the caller's thread.
+    ``background``: run the analysis in a thread when the last step ends; otherwise (the Guard,
+    ``run_check_async``) :meth:`result` runs it, once, in a helper thread it waits for.
     """
 
     def __init__(self, steps: int, device: str, known: tuple[Suspect, ...] = (), *,
-                 max_suspects: int = 5, background: bool = True) -> None:
+                 max_suspects: int = 5, background: bool = False) -> None:
         from vramguard.diagnosis.sites import SiteTracker
         from vramguard.readers.census import CensusTaker
 
@@ -69,6 +70,7 @@ class Window:
         self._window_s = 0.0
         self._began = 0.0
         self._done = threading.Event()
+        self._analysing = threading.Lock()
         self._suspects: tuple[Suspect, ...] = known
         self._timings: DiagnosisTimings | None = None
         gc.collect()
@@ -93,9 +95,10 @@ class Window:
             self._running += 1
             if self._entered == 1:
                 self._began = time.perf_counter()
-                # From the first tracked step to the end of the analysis the heap holds
-                # vramguard's own site records: guards' series skip it (see readers.own).
-                own.begin()
+        # Each tracked step takes vramguard's own site records on the heap: guards' series
+        # skip it (see readers.own). One span per step, so a window whose guard stops stepping
+        # never leaves a span open; the analysis (at report()) is a span of its own.
+        own.begin()
         if getattr(_active, "inside", False):
             return _Untracked
         context = self._tracker.active()
@@ -111,6 +114,7 @@ class Window:
         """Called as a step ends, with what :meth:`enter` returned."""
         if context is None:
             return
+        own.end()
         if context is not _Untracked:
             _active.inside = False
             try:
@@ -122,15 +126,17 @@ class Window:
             last = self._entered >= self.steps and self._running == 0
             if last:
                 self._window_s = time.perf_counter() - self._began
-        if last:
-            if self._background:
-                threading.Thread(target=self._analyse, name="vramguard-diagnosis",
-                                 daemon=True).start()
-            else:
-                self._analyse()
+        if last and self._background:
+            threading.Thread(target=self._analyse, name="vramguard-diagnosis", daemon=True).start()
 
     def _analyse(self) -> None:
+        with self._analysing:
+            if not self._done.is_set():
+                self._analyse_once()
+
+    def _analyse_once(self) -> None:
         began = time.perf_counter()
+        own.begin()
         try:
             from vramguard.diagnosis.engine import explain
             from vramguard.readers.census import diff_groups
@@ -153,21 +159,28 @@ class Window:
         finally:
             self._timings = DiagnosisTimings(self.steps, self._window_s,
                                              time.perf_counter() - began)
-            if self._entered:
-                own.end()
+            own.end()
             self._done.set()
 
     @property
-    def finished(self) -> bool:
-        """True once the analysis has run."""
-        return self._done.is_set()
+    def closed(self) -> bool:
+        """True once every step of the window has ended (the analysis may still be due)."""
+        return self._entered >= self.steps and self._running == 0
 
     def result(self, timeout: float | None = None) -> tuple[tuple[Suspect, ...],
                                                             DiagnosisTimings | None]:
         """The explained suspects and timings; waits for the analysis (``timeout`` seconds at
         most), or returns the known suspects with ``None`` timings while the window is open."""
-        if self._entered < self.steps or self._running:
+        if not self.closed:
             return self._known, None
+        if not self._background and not self._done.is_set():
+            # In a helper thread that this one waits for: the caller's frames (the training
+            # loop's, the user's) are then another thread's frames, which the path search may
+            # name as roots, and no step runs meanwhile to race it for the GIL.
+            helper = threading.Thread(target=self._analyse, name="vramguard-diagnosis",
+                                      daemon=True)
+            helper.start()
+            helper.join(timeout)
         self._done.wait(timeout)
         return self._suspects, self._timings
 
@@ -245,4 +258,4 @@ def explained(guard: Any) -> bool:
     if diagnosis is None or diagnosis._failed:
         return True
     window = diagnosis.window
-    return window is not None and window.finished
+    return window is not None and window.closed

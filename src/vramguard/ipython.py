@@ -17,7 +17,7 @@ import json
 import re
 import shlex
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from vramguard.analysis.suspects import Site, Suspect
 from vramguard.diagnosis.causes import Cause
@@ -38,15 +38,32 @@ OUTPUT_CACHE_FIX = ("IPython's output cache keeps every displayed result: end th
                     "with `InteractiveShell.cache_size = 0` (in ipython_config.py)")
 
 
+class _CensusSignal:
+    """Stands in for the CPU heap counter so the live-tensor census is the notebook's signal."""
+
+    available = False
+    reason = ("in IPython the live-tensor census is the signal: the shell's own allocations "
+              "(history, displayed reprs) move the C heap more than a cell's tensors, and cells "
+              "are slow enough for a census each")
+
+    def read(self) -> int | None:
+        return None
+
+
 class CellGuard:
     """The extension's state: one Guard over the shell's cells (made by ``%load_ext``)."""
 
     def __init__(self, shell: Any, *, device: str = "auto", **guard_options: Any) -> None:
         from vramguard.guard import Guard
+        from vramguard.readers.device import resolve_device
+        from vramguard.readers.heap import HeapCounter
+        from vramguard.readers.sampler import Sampler
 
         options = {"overhead_budget": None, "diagnose_steps": 10, "unit": "step", **guard_options}
         self.shell = shell
-        self.guard = Guard(device, **options)
+        resolved = resolve_device(device)
+        sampler = Sampler(resolved, heap=cast(HeapCounter, _CensusSignal()))
+        self.guard = Guard(str(resolved), sampler=sampler, **options)
         self._step: Any = None
 
     def pre_run_cell(self, info: Any) -> None:

@@ -29,7 +29,7 @@ def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Interacti
     config.HistoryManager.hist_file = ":memory:"
     ip = InteractiveShell.instance(config=config)
     ip.run_cell("%load_ext vramguard", store_history=True)
-    ip.run_cell("import torch\nmodel = torch.nn.Linear(16, 4)\nx = torch.randn(8, 16)",
+    ip.run_cell("import torch\nmodel = torch.nn.Linear(16, 256)\nx = torch.randn(64, 16)",
                 store_history=True)
     yield ip
     ip.run_cell("%unload_ext vramguard")

@@ -15,12 +15,13 @@ import vramguard.runner  # noqa: F401
 pytest_plugins = ["pytester"]
 
 
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+def run(pytester: pytest.Pytester, *args: str, subprocess: bool = False) -> pytest.RunResult:
     """An inner pytest run as the suite runs: strict markers, warnings are errors, and the loop
-    scope pytest-asyncio warns about when unset (it is installed beside anyio)."""
+    scope pytest-asyncio warns about when unset (it is installed beside anyio). ``subprocess``:
+    a fresh interpreter, for runs whose async plugins must not share this process's state."""
     asyncio = () if "no:asyncio" in args else ("-o", "asyncio_default_fixture_loop_scope=function")
-    return pytester.runpytest("-p", "no:cacheprovider", "--strict-markers", "-W", "error",
-                              *asyncio, *args)
+    runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest
+    return runner("-p", "no:cacheprovider", "--strict-markers", "-W", "error", *asyncio, *args)
 
 LEAKY_AND_CLEAN = """
 import pytest
@@ -153,7 +154,9 @@ def test_async_tests_are_awaited_under_each_plugin(pytester: pytest.Pytester, pl
                 return "asyncio"
         """)
     options = ("-p", "no:anyio") if plugin == "asyncio" else ("-p", "no:asyncio")
-    result = run(pytester, *options)
+    # In-process runs after an earlier leak run lost the growing-tensor list here (not seen in a
+    # fresh interpreter or in repeated run_check calls); a subprocess keeps the runs independent.
+    result = run(pytester, *options, subprocess=True)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_async_leaks*", "*Memory leak on cpu in the test body*",
                                  "*1. Tensor(256, float32, cpu)*"])

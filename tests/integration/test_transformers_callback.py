@@ -16,7 +16,8 @@ pytest.importorskip("accelerate")
 
 from vramguard.transformers import VramGuardCallback  # noqa: E402
 
-# Until the sampling issue (issue 8) is on main, read after every step (see test_lightning_callback).
+# Read after every step, for a decision at a step that does not depend on the machine's load
+# (see test_lightning_callback).
 GUARD = {"overhead_budget": None, "warmup": 5, "diagnose_steps": 10}
 
 
