@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vramguard.analysis.suspects import Site, Suspect, TensorGrowth
-from vramguard.diagnosis.causes import Cause, Evidence, classify, write_fix
+from vramguard.diagnosis.causes import Cause, Evidence, RootKind, classify, write_fix
 from vramguard.diagnosis.context import resettable_holder, storing_function, trained
 from vramguard.diagnosis.graphs import GraphCount, count_nodes, graph_holders
 from vramguard.diagnosis.hooks import find_hook, module_instances
@@ -271,6 +271,14 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
         exemplars.clear()  # the window's tensors belong to the user again
 
 
+_FRAME_TRIES = 16  # candidates looked at past one that only a running frame holds
+
+
+def _from_a_frame(result: Any) -> bool:
+    path = result.path
+    return path is not None and path.root.kind == RootKind.THREAD_FRAME
+
+
 def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
                     tracker: SiteTracker, retainers: Retainers, modules: list[Any]) -> Suspect:
     growth = base.tensors
@@ -283,11 +291,21 @@ def _diagnose_group(base: Suspect, candidates: list[tuple[Any, Any, str, int]],
     # the heap only, not on the order gc listed the candidates in): deterministic.
     ranks = [(retainers.snapshot.rank(tensor), position)
              for position, (tensor, _holder, _node, _) in enumerate(candidates)]
-    reached = [(rank, position) for rank, position in ranks if rank is not None]
-    chosen = min(reached)[1] if reached else 0
+    reached = sorted((rank, position) for rank, position in ranks if rank is not None)
+    chosen = reached[0][1] if reached else 0
+    result = retainers.find(candidates[chosen][0], describe(candidates[chosen][0]))
+    # A request still running holds the tensor it is making in a frame local, one step from its
+    # root: under load the shortest path often goes there. The growing container is the answer,
+    # so the first candidate (same order) that a longer-lived root holds wins; the frame's path
+    # is kept only when no candidate has another.
+    if _from_a_frame(result):
+        for _rank, position in reached[1:_FRAME_TRIES]:
+            other = retainers.find(candidates[position][0], describe(candidates[position][0]))
+            if other.path is not None and not _from_a_frame(other):
+                chosen, result = position, other
+                break
     tensor, holder = candidates[chosen][0], candidates[chosen][1]
     chain = retainers.chain(tensor)
-    result = retainers.find(tensor, describe(tensor))
     site = tracker.site_of(tensor)
     allocated_at, stack = (None, None) if site is None else site
     path = result.path
