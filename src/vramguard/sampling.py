@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from vramguard.analysis.samples import Sample
 
-READ_SHARE = 0.5  # of the budget, spread evenly over the steps for the cheap reads (the signal)
+READ_SHARE = 0.7  # of the budget, spread evenly over the steps for the cheap reads (the signal)
 # The account as a whole may not spend more than this share of the budget: the rest is headroom
 # for a step's fixed cost (~1-2 us) and for cost estimates that lag. A census takes what the
 # reads leave, once it is paid for.

@@ -17,7 +17,7 @@ def test_read_period_spreads_the_read_share_of_the_budget():
     budget = Budget(0.01)
     _steps(budget, 100, 0.001)  # 1 ms steps: 1% is 10 us a step, half of it for reads
     budget.read_took(20e-6)
-    assert budget.read_period() == 4
+    assert budget.read_period() == 3
     assert Budget(None).read_period() == 1  # dense mode reads every step
 
 
