@@ -23,7 +23,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from vramguard.analysis.samples import Sample
@@ -107,8 +106,6 @@ class Guard:
         self._failed = False
         self._heap_at_census: int | None = None
         self._last_allocated: int | None = None
-        self._own_generation = own.state()[1]  # see _without_own_work
-        self._own_offset = 0
         self._own_skips = 0
         self._raw_before_own: int | None = None
         self._early: Census | None = None  # the diff's stand-in baseline before step 100
@@ -219,8 +216,6 @@ class Guard:
             started = _own_time()
             sample = self._sampler.read(request, now, census)
             account.read_took(_own_time() - started)
-            if mine is not None:
-                sample = self._without_own_work(sample, mine[1])
             self._last_allocated = sample.allocated
             self.process_groups.note(request)  # ~1 us; nothing outside a distributed job
             with self._lock:
@@ -281,21 +276,6 @@ class Guard:
         if not self.device.is_cpu or not self._sampler.cheap:
             return None
         return own.state()
-
-    def _without_own_work(self, sample: Sample, generation: int) -> Sample:
-        # A diagnosis ran since the last sample: whatever the heap changed by across it (what
-        # vramguard kept, plus the service's own change over those few steps) is set aside, so
-        # the series neither jumps nor falls. Sampled by the one sampling thread: no lock.
-        if sample.allocated is None:
-            return sample
-        if generation != self._own_generation:
-            if self._raw_before_own is not None:
-                self._own_offset += sample.allocated - self._raw_before_own
-            self._own_generation = generation
-        self._raw_before_own = sample.allocated
-        if not self._own_offset:
-            return sample
-        return replace(sample, allocated=sample.allocated - self._own_offset)
 
     def _take_census(self, *, groups: bool, follow_graphs: bool) -> Census:
         started = _own_time()

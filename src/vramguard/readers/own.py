@@ -2,9 +2,11 @@
 
 The CPU signal (``mallinfo2``) counts every allocation of the process, vramguard's included: a
 diagnosis window's site records, censuses and heap snapshot are megabytes that come and go,
-which would read as a spike, or as a step if some of it stays. Each diagnosis marks its span
-here; a guard skips the samples that fall inside one and sets aside what the heap changed by
-across it (see ``Guard._without_own_work``), so its series shows the service's memory only.
+which would read as spikes in the guard's series. Each diagnosis marks its spans here (each
+tracked step, the analysis) and a guard takes no sample inside one. Nothing is subtracted
+afterwards: setting aside what the heap changed by across a span also removed the service's own
+growth over it, and a run mostly spent in a diagnosis window then read as flat (a false "no
+leak"). What the diagnosis keeps after it ends (records of live tensors only) is small.
 """
 
 from __future__ import annotations
