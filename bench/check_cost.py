@@ -60,8 +60,9 @@ def timed(command: list[str], cwd: Path) -> float:
 
 
 def durations(cwd: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "pytest", "test_marked.py", "--durations=0", "--durations-min=0",
-                          "-q", "-p", "no:cacheprovider"], cwd=cwd, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "pytest", "test_marked.py", "--durations=0",
+                          "--durations-min=0", "-q", "-p", "no:cacheprovider"], cwd=cwd,
+                         capture_output=True,
                          text=True, check=False).stdout
     found = re.findall(r"([\d.]+)s call\s+test_marked.py::(test_\w+)", out)
     return {name: float(seconds) for seconds, name in found}
