@@ -110,7 +110,6 @@ class Guard:
         self._raw_before_own: int | None = None
         self._early: Census | None = None  # the diff's stand-in baseline before step 100
         self._baseline: Census | None = None
-        self._latest: Census | None = None
         self._verdict: Verdict | None = None
         self._verdict_key: tuple[int, int] = (-1, -1)
         # -- issue 10 (h10): the Guard explains itself; logic in vramguard.guard_diagnosis --------
@@ -227,7 +226,6 @@ class Guard:
                             self._early = census
                         else:
                             self._baseline = self._baseline or census
-                        self._latest = census
                 self._next_read = request + 1 + account.read_period()
         except Exception:  # the guard must never break the service it watches
             self._failed = True
@@ -390,8 +388,6 @@ class Guard:
         if before is None:
             return []
         after = self._sampler.census(groups=True)
-        with self._lock:
-            self._latest = after
         device = str(self.device) if not self.device.is_cpu else "cpu"
         grown = [g for g in diff_groups(before, after) if g[0].device == device and g[2] > 0]
         return grown[:limit]

@@ -75,11 +75,11 @@ class Budget:
 
     def census_took(self, seconds: float) -> None:
         """A census cost ``seconds`` (kept as the estimate of the next one)."""
-        self.census_cost_s = _ewma(self.census_cost_s, seconds)
+        self.census_cost_s = cost_estimate(self.census_cost_s, seconds)
 
     def read_took(self, seconds: float) -> None:
         """A cheap read cost ``seconds``."""
-        self.read_cost_s = _ewma(self.read_cost_s, seconds)
+        self.read_cost_s = cost_estimate(self.read_cost_s, seconds)
 
     @property
     def overhead(self) -> float:
@@ -87,9 +87,11 @@ class Budget:
         return self.spent_s / self.busy_s if self.busy_s > 0 else 0.0
 
 
-def _ewma(old: float, new: float) -> float:
-    # Machine noise only ever adds time, so a cheaper measurement is believed at once and a
-    # dearer one only gradually: the estimate tracks the real cost, not the worst moments.
+def cost_estimate(old: float, new: float) -> float:
+    """The running estimate of a cost after one more measurement (0.0: none yet).
+
+    Machine noise only ever adds time, so a cheaper measurement is believed at once and a
+    dearer one only gradually: the estimate tracks the real cost, not the worst moments."""
     if old == 0.0 or new < old:
         return new
     return old + (new - old) * 0.2

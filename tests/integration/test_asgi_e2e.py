@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,17 +20,13 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.net import free_port
 from vramguard.asgi import VramGuardMiddleware
 from vramguard.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAKY, CLEAN = "/predict/leaky", "/predict/clean/{item_id}"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve(options: str) -> tuple[subprocess.Popen[bytes], str]:

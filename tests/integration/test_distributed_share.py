@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 import vramguard
 import vramguard.distributed as vd
+from tests.integration.net import free_port
 from vramguard import Guard, VerdictKind
 from vramguard.commands.main import main
 from vramguard.distributed.publish import Sharer
@@ -215,13 +216,6 @@ def test_ranks_cli_unreachable_store_is_exit_3(capsys: pytest.CaptureFixture[str
     document = json.loads(captured.out)
     assert (document["schema"], document["exit_code"]) == ("vramguard.error/1", 3)
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_ranks_without_a_world_size_are_found_by_their_keys(server: Any,

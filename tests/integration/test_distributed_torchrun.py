@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,13 @@ from typing import Any
 
 import pytest
 
+from tests.integration.net import free_port
+
 JOB = Path(__file__).parent / "distributed_jobs" / "job.py"
 DEADLINE = 120.0
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def env() -> dict[str, str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.integration.net import free_port
 from tests.nvmlsim.fixtures import nvml_sim_lib, sim_env, write_scenario  # noqa: F401
 
 pytest.importorskip("torch")
@@ -52,11 +53,6 @@ CACHE_APP = """
                        overhead_budget=None, diagnose_requests=0)
 """
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(argv: list[str], port: int, cwd: Path = ROOT) -> subprocess.Popen[bytes]:

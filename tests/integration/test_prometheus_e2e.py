@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.net import free_port
 from tests.nvmlsim.fixtures import nvml_sim_lib, sim_env, write_scenario  # noqa: F401
 
 PROMETHEUS = shutil.which("prometheus") or (
@@ -25,11 +25,6 @@ pytestmark = [
                        "(apt-get install --no-install-recommends prometheus); CI installs it"),
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def query(port: int, promql: str) -> list[dict]:

@@ -39,6 +39,7 @@ from vramguard.analysis.verdict import Verdict, VerdictKind
 from vramguard.guard import Guard, _Step
 from vramguard.readers.device import resolve_device
 from vramguard.readers.sampler import Sampler
+from vramguard.sampling import cost_estimate
 
 _log = logging.getLogger("vramguard")
 _HEAP_FLOOR = 1024.0  # B/request: below it a route's growth is not called a leak (routes.combine)
@@ -190,8 +191,7 @@ class WebGuard:
         started = time.thread_time()
         value = self._counter.read()
         cost = time.thread_time() - started
-        # Machine noise only adds time: a cheaper read is believed at once (as in the Guard).
-        self._read_cost = cost if cost < self._read_cost else _ewma(self._read_cost, cost)
+        self._read_cost = cost_estimate(self._read_cost, cost)  # the Guard's rule for costs
         self._cuts += 1
         self._book(self._ledger.cut(now, value, self._windows.scan_epoch))
 
