@@ -269,16 +269,24 @@ class Windows:
         self._epoch += 1
         own.begin()  # the overall Guard's heap series skips the window (see readers.own)
         try:
+            # Debug lines mark the window's phases (bench/web_diagnosis_latency.py times other
+            # requests against them; an operator can see when the scans ran).
+            _log.debug("vramguard: diagnosis window on %s: scanning", window.route)
             began = time.perf_counter()
+            warm = getattr(window.tracker, "warm", None)
+            if warm is not None:  # the tracker's one-off first activation, here, not in a request
+                warm()
             born_keys = _live_storage_keys()
             if not window.grown:
                 before = _census()
             with self._lock:
                 window.state = WindowState.OPEN
+            _log.debug("vramguard: diagnosis window on %s: open", window.route)
             window.done.wait(timeout=max(0.0, self._max_window_s - (time.perf_counter() - began)))
             with self._lock:
                 window.state = WindowState.EXPLAINING  # no new tracked requests from here on
             window.idle.wait(timeout=_DRAIN_S)
+            _log.debug("vramguard: diagnosis window on %s: explaining", window.route)
             started = time.perf_counter()
 
             def born(tensor: Any) -> bool:
@@ -295,6 +303,8 @@ class Windows:
                                     time.perf_counter() - started, self._clock())
             with self._lock:
                 self._results[window.route] = result
+            _log.debug("vramguard: diagnosis window on %s: done in %.3f s", window.route,
+                       result.analysis_s)
         except Exception:
             self.fail("explaining the window")
         finally:

@@ -10,6 +10,7 @@ import gc
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,9 @@ _log = logging.getLogger("vramguard")
 _EXEMPLARS = 64
 _GROUPS = 8
 _WORKER_MIN_GROWTH = 4 * 1024 * 1024
+# The dtypes of the 0-dim tensors autograd makes from Python numbers (float, int, complex, bool):
+# ``loss * 0.5`` or ``loss / steps`` saves the number as a "wrapped" tensor (see _wrapped).
+_WRAPPED_DTYPES = frozenset({"float64", "int64", "complex128", "bool"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +208,7 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
 
     wanted = {group for group, _, _ in grown}
     exemplars: dict[TensorGroup, list[tuple[Any, Any, str, int]]] = {g: [] for g in wanted}
+    scalars = {group for group in wanted if _wrapped(group)}
     live = CensusTaker().live_tensors()
     # Graph nodes are attributed to the first holder that reaches them: try tensors Python
     # refers to (higher refcount, measured before we add references) before objects only C++
@@ -227,13 +232,12 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
             return None
 
         def accept(saved: Any, node: str) -> bool:
-            return matching(saved, node) is not None and in_window(saved)
+            group = matching(saved, node)
+            return group is not None and (in_window(saved) or (
+                group in scalars and tracker.site_of(saved) is None))
 
         found = graph_holders(holders, accept)
-        for saved, holder, node, retained in found:
-            saved_group = matching(saved, node)
-            if saved_group is not None:
-                exemplars[saved_group].append((saved, holder, node, retained))
+        fold = _fold_scalars(found, matching, scalars, wanted, tracker, exemplars)
         del found
         holders.clear()
         live.clear()
@@ -243,13 +247,17 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
                                                               targets, live, holders, modules])
         modules.extend(module_instances())  # one heap pass for every group's hook check
         merged: dict[tuple[Cause, str], Suspect] = {}
+        merged_as: dict[TensorGroup, tuple[Cause, str]] = {}
         for group, count, size in grown:
+            if group in fold:
+                continue
             base = known.get(group) or Suspect(TensorGrowth(
                 group.device, group.dtype, group.shape, group.requires_grad, group.grad_fn,
                 count, size, group.in_graph))
             suspect = _diagnose_group(base, exemplars[group], tracker, retainers, modules)
             key = (Cause(suspect.cause) if suspect.cause else Cause.UNKNOWN,
                    (suspect.held_by or "").split(" -> ")[0])
+            merged_as[group] = key
             previous = merged.get(key)
             if previous is None:
                 merged[key] = suspect
@@ -260,7 +268,7 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
                     (s.held_by or "").count(" -> "), -(s.retained_bytes or 0)))
                 merged[key] = replace(first, retained_bytes=(first.retained_bytes or 0)
                                       + (second.retained_bytes or 0))
-        return list(merged.values())
+        return _add_folded(merged, merged_as, fold, grown)
     finally:
         if retainers is not None:
             retainers.close()
@@ -269,6 +277,76 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
         holders.clear()
         live.clear()
         exemplars.clear()  # the window's tensors belong to the user again
+
+
+def _fold_scalars(found: list[tuple[Any, Any, str, int]],
+                  matching: Callable[[Any, str], TensorGroup | None], scalars: set[TensorGroup],
+                  wanted: set[TensorGroup], tracker: SiteTracker,
+                  exemplars: dict[TensorGroup, list[tuple[Any, Any, str, int]]]
+                  ) -> dict[TensorGroup, TensorGroup]:
+    """Sort the saved tensors ``graph_holders`` found into ``exemplars``, except the wrapped
+    scalars (see :func:`_wrapped`): returns scalar group -> the group they are folded into.
+
+    A scalar goes with the tensor whose graph saved it: its holder's own group when that grew,
+    else the group of another tensor the same holder's graph saved (``total = total + loss / 4``:
+    the holder does not grow, the graph's saved activations do). The group most scalars go to wins.
+    """
+    saved_groups: dict[int, TensorGroup] = {}  # id(holder): ``found`` keeps the holders alive
+    for saved, holder, node, _ in found:
+        group = matching(saved, node)
+        if group is not None and group not in scalars:
+            saved_groups.setdefault(id(holder), group)
+    votes: dict[TensorGroup, Counter[TensorGroup]] = {g: Counter() for g in scalars}
+    for saved, holder, node, retained in found:
+        group = matching(saved, node)
+        if group is None:
+            continue
+        if group in scalars and tracker.site_of(saved) is None:
+            into: TensorGroup | None = _group_key(holder)
+            if into not in wanted or into in scalars:
+                into = saved_groups.get(id(holder))
+            if into is not None:
+                votes[group][into] += 1
+                continue
+        exemplars[group].append((saved, holder, node, retained))
+    fold = {group: counts.most_common(1)[0][0] for group, counts in votes.items() if counts}
+    for group in fold:
+        exemplars[group].clear()  # no path is searched for them: they go with their holder
+    return fold
+
+
+def _add_folded(merged: dict[tuple[Cause, str], Suspect],
+                merged_as: dict[TensorGroup, tuple[Cause, str]],
+                fold: dict[TensorGroup, TensorGroup],
+                grown: list[tuple[TensorGroup, int, int]]) -> list[Suspect]:
+    """The suspects, with each folded scalar group's bytes added to its holder's suspect."""
+    for group, _, size in grown:
+        holder_group = fold.get(group)
+        into = None if holder_group is None else merged_as.get(holder_group)
+        if into is not None:
+            suspect = merged[into]
+            merged[into] = replace(suspect, retained_bytes=(suspect.retained_bytes or 0) + size)
+    return list(merged.values())
+
+
+def _wrapped(group: TensorGroup) -> bool:
+    """True for a group that can be autograd's wrapped scalars: 0-dim, a Python number's dtype,
+    no gradient, held by Python only after an unpack (no grad_fn) or saved by a graph node.
+
+    Why they are folded, not diagnosed: in ``loss * 0.5`` the 0.5 becomes an 8-byte tensor before
+    the op is dispatched (torch's argument parsing wraps the number) and the op's graph node saves
+    it. No aten op allocates it (the site tracker's dispatch mode sees the Python number), so no
+    site can be recorded, and once the census has unpacked it gc lists it as a live tensor that
+    nothing in Python refers to. As a suspect of its own it had no line
+    and no root (cause unknown), listed beside the real allocation as if a second leak; with the
+    web fallback (``born``) it got a path but still no line. It lives exactly as long as the
+    graph node that saved it, so the fix of the tensor whose graph holds it frees it too: its
+    bytes are added to that suspect, and it never becomes one. Only scalars without a site are
+    folded (a 0-dim tensor the user made in the window has one); scalars whose holder is in no
+    suspect's group stay a suspect of their own, as before.
+    """
+    return (group.shape == () and group.dtype in _WRAPPED_DTYPES and not group.requires_grad
+            and (group.grad_fn is None or group.in_graph))
 
 
 _FRAME_TRIES = 16  # candidates looked at past one that only a running frame holds

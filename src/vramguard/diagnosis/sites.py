@@ -120,6 +120,15 @@ class SiteTracker:
             if history:
                 self._stop_cuda_history()
 
+    def warm(self) -> None:
+        """Pay the dispatch mode's one-off first activation now, in this thread (~0.8 s of
+        imports inside torch, once per process). Called by a window's own thread before the
+        first tracked request: on an event loop, that request would otherwise stall every other
+        request for as long (``bench/web_diagnosis_latency.py --stalls``). Records nothing: no
+        user frame is on this thread's stack."""
+        with _make_mode(self):
+            self._torch.zeros(1).add_(1)
+
     def record_op(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None, out: Any) -> None:
         """Record the new storages among an op's outputs (called by the dispatch mode)."""
         if self._full:

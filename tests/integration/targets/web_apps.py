@@ -19,11 +19,12 @@ from vramguard.asgi import VramGuardMiddleware
 kept: dict[int, torch.Tensor] = {}  # the leak's root: outputs with their graphs, by request id
 
 
-def leaky_app(*, sync: bool = False, rows: int = 4, work: int = 0,
+def leaky_app(*, sync: bool = False, rows: int = 4, work: int = 0, guard: bool = True,
               **guard_options: Any) -> FastAPI:
     """The app; ``guard_options`` go to the middleware (nothing: the defaults). ``rows``: the
     leaked input's rows (4: ~2 KiB a request in all; 64: ~10 KiB); ``work``: 64x64 matmuls each
-    request does besides (both routes), to give requests a realistic duration."""
+    request does besides (both routes), to give requests a realistic duration; ``guard=False``:
+    the same app without the middleware (a benchmark's baseline)."""
     app = FastAPI()
     model = torch.nn.Linear(32, 8)
     ids = itertools.count()
@@ -70,5 +71,6 @@ def leaky_app(*, sync: bool = False, rows: int = 4, work: int = 0,
 
         app.get("/leak")(leak_async)
         app.get("/clean")(clean_async)
-    app.add_middleware(VramGuardMiddleware, **{"expose_status": True, **guard_options})
+    if guard:
+        app.add_middleware(VramGuardMiddleware, **{"expose_status": True, **guard_options})
     return app
