@@ -121,11 +121,11 @@ class SiteTracker:
                 self._stop_cuda_history()
 
     def warm(self) -> None:
-        """Pay the dispatch mode's one-off first activation now, in this thread (~0.8 s of
-        imports inside torch, once per process). Called by a window's own thread before the
-        first tracked request: on an event loop, that request would otherwise stall every other
-        request for as long (``bench/web_diagnosis_latency.py --stalls``). Records nothing: no
-        user frame is on this thread's stack."""
+        """Pay the dispatch mode's one-off first activation now, in this thread: called by a
+        window's own thread before the first tracked request, which on an event loop would
+        otherwise stall every other request for as long (it was ~1 s of imports before
+        ``_make_mode`` stopped torch from importing dynamo; what is left is small, but it is
+        not a request's to pay). Records nothing: no user frame is on this thread's stack."""
         with _make_mode(self):
             self._torch.zeros(1).add_(1)
 
@@ -243,7 +243,22 @@ def _tensor_args(args: tuple[Any, ...], kwargs: dict[str, Any] | None,
 def _make_mode(tracker: SiteTracker) -> Any:
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    # torch wraps a mode's __torch_dispatch__ so that torch.compile never traces into it, and the
+    # wrapper imports torch._dynamo at the mode's first op: ~850 modules, 0.8-2.3 s of CPU in a
+    # running server (most of the "first activation" cost, with GIL holds of 100-280 ms from the
+    # collections that the imports set off; measured with bench/web_diagnosis_latency.py --stalls).
+    # A process that has not imported dynamo has compiled nothing, so there is nothing to keep
+    # out of our frames: opt out through the class hook torch documents for it. Once dynamo is
+    # loaded (a process that compiles), the next activation makes the class again, with torch's
+    # default. Only the ops of the one request that imports dynamo for the first time run with
+    # the unwrapped mode: compile might then trace into this frame, which costs a graph break.
+    unwrapped = "torch._dynamo" not in sys.modules
+
     class _SiteMode(TorchDispatchMode):
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            return not unwrapped
+
         def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                                kwargs: dict[str, Any] | None = None) -> Any:
             out = func(*args, **(kwargs or {}))
