@@ -147,7 +147,7 @@ class Window:
                      if g[0].device == self._device and g[2] > 0][:8]
             if grown:
                 self._suspects = explain(grown, self._tracker, known=self._known,
-                                         max_suspects=self._max) or self._known
+                                         max_suspects=self._max, taker=self._taker) or self._known
             if not any(s.cause not in (None, "unknown") for s in self._suspects):
                 from vramguard.diagnosis.engine import graph_suspect
 

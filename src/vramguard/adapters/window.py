@@ -89,33 +89,39 @@ def storage_key(tensor: Any) -> tuple[int, int] | None:
         return None
 
 
-def _live_storage_keys() -> frozenset[tuple[int, int]]:
+def _taker() -> Any:
+    # One census taker for all of a window's heap scans: a taker's first scan asks gc for the
+    # referrers of every Tensor class (14 here), later ones only of the classes that have
+    # instances (see CensusTaker._classes_to_scan). Each scan is one C call that holds the GIL,
+    # so a fresh taker per scan stalled the server's requests ~7x longer than it needed to.
     from vramguard.readers.census import CensusTaker
 
-    tensors = CensusTaker().live_tensors()
+    return CensusTaker()
+
+
+def _live_storage_keys(taker: Any) -> frozenset[tuple[int, int]]:
+    tensors = taker.live_tensors()
     try:
         return frozenset(k for k in map(storage_key, tensors) if k is not None)
     finally:
         tensors.clear()  # addresses only: the window must not keep the user's tensors alive
 
 
-def _census() -> Any:
-    from vramguard.readers.census import CensusTaker
-
-    return CensusTaker().take(groups=True)
+def _census(taker: Any) -> Any:
+    return taker.take(groups=True)
 
 
-def _grown_since(before: Any) -> list[tuple[TensorGroup, int, int]]:
+def _grown_since(before: Any, taker: Any) -> list[tuple[TensorGroup, int, int]]:
     from vramguard.readers.census import diff_groups
 
-    return [g for g in diff_groups(before, _census()) if g[2] > 0]
+    return [g for g in diff_groups(before, _census(taker)) if g[2] > 0]
 
 
-def _default_explainer(grown: Grown, tracker: Any, *, born: Callable[[Any], bool] | None
-                       ) -> tuple[Suspect, ...]:
+def _default_explainer(grown: Grown, tracker: Any, *, born: Callable[[Any], bool] | None,
+                       taker: Any = None) -> tuple[Suspect, ...]:
     from vramguard.diagnosis.engine import explain
 
-    return explain(grown, tracker, born=born)
+    return explain(grown, tracker, born=born, taker=taker)
 
 
 def _default_tracker() -> Any:
@@ -276,9 +282,10 @@ class Windows:
             warm = getattr(window.tracker, "warm", None)
             if warm is not None:  # the tracker's one-off first activation, here, not in a request
                 warm()
-            born_keys = _live_storage_keys()
+            taker = _taker()
+            born_keys = _live_storage_keys(taker)
             if not window.grown:
-                before = _census()
+                before = _census(taker)
             with self._lock:
                 window.state = WindowState.OPEN
             _log.debug("vramguard: diagnosis window on %s: open", window.route)
@@ -296,9 +303,10 @@ class Windows:
             # Tracked requests give exemplars with their allocation line: use only those when
             # there are any; the storages born in the window are the fallback (sync endpoints).
             if before is not None:
-                window.grown = _grown_since(before)
+                window.grown = _grown_since(before, taker)
+            extra = {"taker": taker} if self._explainer is _default_explainer else {}
             suspects = self._explainer(window.grown, window.tracker,
-                                       born=None if window.tracked else born)
+                                       born=None if window.tracked else born, **extra)
             result = RouteDiagnosis(window.route, tuple(suspects), window.requests, window.tracked,
                                     time.perf_counter() - started, self._clock())
             with self._lock:

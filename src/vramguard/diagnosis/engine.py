@@ -97,7 +97,7 @@ def diagnose(
     after = taker.take()
     grown = [g for g in diff_groups(before, after) if g[0].device == device and g[2] > 0][:_GROUPS]
     suspects = _explain(grown, tracker, limits, {_key(s.tensors): s for s in known
-                                                 if s.tensors is not None})
+                                                 if s.tensors is not None}, taker=taker)
     if not any(s.cause not in (None, Cause.UNKNOWN) for s in suspects):
         graph = graph_suspect(nodes_before, requests, tracker, limits=limits)
         if graph is not None:
@@ -184,6 +184,7 @@ def explain(
     known: Sequence[Suspect] = (),
     max_suspects: int = 5,
     limits: Limits | None = None,
+    taker: CensusTaker | None = None,
 ) -> tuple[Suspect, ...]:
     """Explain groups that grew during a window that someone else ran (the web middleware).
 
@@ -191,16 +192,18 @@ def explain(
     that was active during the window; ``born(tensor)``: True for tensors created during the window
     that the tracker may not have seen (None: only tracked tensors are exemplars). Like
     :func:`diagnose`, it holds the live tensors only while it runs. Largest retained bytes first.
+    ``taker``: the census taker the window's own scans used (its later scans are cheaper).
     """
     suspects = _explain(list(grown)[:_GROUPS], tracker, limits,
-                        {_key(s.tensors): s for s in known if s.tensors is not None}, born)
+                        {_key(s.tensors): s for s in known if s.tensors is not None}, born, taker)
     return tuple(sorted(suspects, key=lambda s: (s.cause == Cause.UNKNOWN and s.allocated_at is None,
                                                  -(s.retained_bytes or 0)))[:max_suspects])
 
 
 def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, limits: Limits | None,
              known: dict[TensorGroup, Suspect],
-             born: Callable[[Any], bool] | None = None) -> list[Suspect]:
+             born: Callable[[Any], bool] | None = None,
+             taker: CensusTaker | None = None) -> list[Suspect]:
     # ``born``: also counts a tensor as the window's when the tracker has no site for it (the web
     # middleware's handlers may run in threads where the tracker's dispatch mode is not active).
     def in_window(tensor: Any) -> bool:
@@ -209,7 +212,7 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
     wanted = {group for group, _, _ in grown}
     exemplars: dict[TensorGroup, list[tuple[Any, Any, str, int]]] = {g: [] for g in wanted}
     scalars = {group for group in wanted if _wrapped(group)}
-    live = CensusTaker().live_tensors()
+    live = (taker or CensusTaker()).live_tensors()
     # Graph nodes are attributed to the first holder that reaches them: try tensors Python
     # refers to (higher refcount, measured before we add references) before objects only C++
     # keeps (unpacked saved tensors).

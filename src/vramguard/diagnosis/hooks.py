@@ -16,6 +16,8 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from vramguard.diagnosis.snapshot import pause
+
 __all__ = ["find_hook", "hook_name", "module_instances"]
 
 _HOOK_DICTS = {"_forward_hooks": "forward", "_forward_pre_hooks": "forward_pre",
@@ -35,7 +37,7 @@ def module_instances() -> list[Any]:
     of every object with each of the ~400 Module classes torch defines, and it held the GIL for
     150 ms (250k objects) to 360 ms (1.2M) in a web server, stalling every request meanwhile
     (``bench/web_diagnosis_latency.py --stalls``). The listing holds it ~30 ms at 1.2M objects;
-    the filter runs in slices between which the interpreter can switch threads.
+    the filter runs in slices, with a pause between them for the other threads.
     """
     import torch
 
@@ -52,6 +54,7 @@ def module_instances() -> list[Any]:
             chunk = found[start:start + _SLICE]
             modules.extend(itertools.compress(chunk, map(wanted, map(type, chunk))))
             del chunk
+            pause()
         return modules
     finally:
         del found

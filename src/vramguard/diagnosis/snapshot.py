@@ -22,6 +22,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,17 @@ __all__ = ["Edge", "HeapSnapshot", "Limits", "Source", "take_snapshot"]
 # Objects per gc.get_referents call: each call holds the GIL; chunks of this size keep every hold
 # short (a few ms; see bench/diagnosis_snapshot.py) so a server's other threads keep running.
 _CHUNK = 4096
+# After each chunk the walk sleeps this long. Short holds alone were not enough in a server: a
+# thread that merely releases the GIL between chunks usually takes it straight back (the waiting
+# request thread must first be scheduled), so requests still waited the interpreter's 5 ms switch
+# interval, again and again, for the whole walk. A real sleep hands the GIL to whichever request
+# thread waits; the walk takes ~0.1-0.4 s longer (one sleep per 4096 objects), off the request path.
+_YIELD_S = 0.0002
+
+
+def pause() -> None:
+    """Let the other threads run now (see ``_YIELD_S``); for the diagnosis' long loops."""
+    time.sleep(_YIELD_S)
 _VRAMGUARD_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _DEMO_DIR = os.path.join(_VRAMGUARD_DIR, "demo", "")
 # Leaves: nothing they refer to can hold a tensor, so the walk does not keep them.
@@ -199,6 +211,7 @@ def _leftmost_parent(level: list[Any], child: Any) -> Any:
     for start in range(0, len(level), _CHUNK):
         if target in map(id, gc.get_referents(*level[start:start + _CHUNK])):
             break
+        pause()
     else:
         return None
     lo, hi = start, min(start + _CHUNK, len(level))
@@ -378,6 +391,7 @@ def _next_level(level: list[Any], number: int, kinds: _Kinds, depth: dict[int, i
             depth.update(dict.fromkeys(map(id, fresh), number))
             nxt.extend(fresh)
             del fresh
+            pause()
         del children
     for obj in special:
         for child, edge in _extra_edges(obj, saved_attrs):
