@@ -234,14 +234,19 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
                     return group
             return None
 
+        scalar_votes: Counter[TensorGroup] = Counter()  # bounded: enough to pick the holder
+
         def accept(saved: Any, node: str) -> bool:
             group = matching(saved, node)
-            return group is not None and (in_window(saved) or (
-                group in scalars and tracker.site_of(saved) is None))
+            if group in scalars and scalar_votes[group] < 2 * _EXEMPLARS \
+                    and tracker.site_of(saved) is None:
+                scalar_votes[group] += 1
+                return True
+            return group is not None and in_window(saved)
 
-        found = graph_holders(holders, accept)
-        fold = _fold_scalars(found, matching, scalars, wanted, tracker, exemplars)
-        del found
+        # (the list of what graph_holders found dies with the call: no local keeps it)
+        fold = _fold_scalars(graph_holders(holders, accept), matching, scalars, wanted,
+                             (tracker, in_window), exemplars)
         holders.clear()
         live.clear()
         # One snapshot for every exemplar: the walk stops once all of them are reached.
@@ -284,7 +289,7 @@ def _explain(grown: list[tuple[TensorGroup, int, int]], tracker: SiteTracker, li
 
 def _fold_scalars(found: list[tuple[Any, Any, str, int]],
                   matching: Callable[[Any, str], TensorGroup | None], scalars: set[TensorGroup],
-                  wanted: set[TensorGroup], tracker: SiteTracker,
+                  wanted: set[TensorGroup], window: tuple[SiteTracker, Callable[[Any], bool]],
                   exemplars: dict[TensorGroup, list[tuple[Any, Any, str, int]]]
                   ) -> dict[TensorGroup, TensorGroup]:
     """Sort the saved tensors ``graph_holders`` found into ``exemplars``, except the wrapped
@@ -293,7 +298,10 @@ def _fold_scalars(found: list[tuple[Any, Any, str, int]],
     A scalar goes with the tensor whose graph saved it: its holder's own group when that grew,
     else the group of another tensor the same holder's graph saved (``total = total + loss / 4``:
     the holder does not grow, the graph's saved activations do). The group most scalars go to wins.
+    A scalar that goes nowhere is an exemplar only when the window made it (as any other tensor):
+    ``accept`` let it through for folding alone.
     """
+    tracker, in_window = window
     saved_groups: dict[int, TensorGroup] = {}  # id(holder): ``found`` keeps the holders alive
     for saved, holder, node, _ in found:
         group = matching(saved, node)
@@ -311,7 +319,8 @@ def _fold_scalars(found: list[tuple[Any, Any, str, int]],
             if into is not None:
                 votes[group][into] += 1
                 continue
-        exemplars[group].append((saved, holder, node, retained))
+        if in_window(saved):
+            exemplars[group].append((saved, holder, node, retained))
     fold = {group: counts.most_common(1)[0][0] for group, counts in votes.items() if counts}
     for group in fold:
         exemplars[group].clear()  # no path is searched for them: they go with their holder
