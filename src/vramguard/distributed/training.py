@@ -139,15 +139,23 @@ class RankSharing:
                 _log.warning("vramguard: reading the rank table failed (%s: %s); retrying at "
                              "each check, logged only once", type(exc).__name__, exc)
             return None
-        with self._lock:
-            self.reads += 1
-            self.latest = result
+        with self._wake:
             changed = result.leaking_ranks != self._flagged
             self._flagged = result.leaking_ranks
         # A newly flagged rank is a warning (shown by default); the same table again is info.
         level = logging.WARNING if changed and result.leaking_ranks else logging.INFO
         _log.log(level, "vramguard: ranks: %s\n%s", result.headline, result)
+        with self._wake:  # counted once logged: a reader of ``reads`` finds the log written
+            self.reads += 1
+            self.latest = result
+            self._wake.notify_all()
         return result
+
+    def wait_for_reads(self, reads: int, timeout: float | None = None) -> bool:
+        """Block until ``reads`` tables were read; False if ``timeout`` passed first. For tests
+        and job scripts, never for steps."""
+        with self._wake:
+            return self._wake.wait_for(lambda: self.reads >= reads, timeout)
 
     def metrics(self, prefix: str = "vramguard/") -> dict[str, float]:
         """``leaking_ranks`` (how many ranks are flagged) from the latest table; empty before
