@@ -18,7 +18,9 @@ more than one process) each rank's training Guard shares its summary
 and rank 0 reads the rank table at each check off the step path, logs it through the
 ``vramguard`` logger (a warning when a rank is newly flagged) and logs
 ``vramguard/leaking_ranks`` (how many ranks are flagged) with ``rank_zero_only=True``. No
-collective is involved. ``share=False`` turns it off.
+collective is involved. ``share=False`` turns it off. ``on_leak="stop"`` stops every rank
+together: at each check the ranks vote (one small all-reduce, only with "stop"), since one rank
+leaving alone would kill the others at their next gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -123,8 +125,16 @@ class VramGuardCallback(Callback):
                 pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)
         if action is not None:
             self.report = watch.act(action)
-            if action == "stop":
-                trainer.should_stop = True
+        if watch.on_leak != "stop":
+            return
+        stop = action == "stop"
+        if getattr(trainer, "world_size", 1) > 1:
+            # One rank stopping alone kills the job at the others' next gradient all-reduce:
+            # every rank votes at every check, through Lightning's own reduction (as its
+            # EarlyStopping does). Why this collective is safe: distributed.training.stop_together.
+            stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+        if stop:
+            trainer.should_stop = True
 
 
 def _device(pl_module: Any) -> str:

@@ -16,7 +16,8 @@ Under a distributed run (torchrun, accelerate: torch.distributed initialised wit
 process) each rank's Guard shares its summary (:func:`vramguard.distributed.share`, woken at
 each check and at least every ``share_every``); rank 0 reads the rank table at each check off
 the step path, logs it through the ``vramguard`` logger and adds ``vramguard/leaking_ranks`` to
-its logs. No collective is involved. ``share=False`` turns it off.
+its logs. No collective is involved. ``share=False`` turns it off. ``on_leak="stop"`` stops
+every rank together (a vote at each check, see :func:`~vramguard.distributed.training.stop_together`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 from typing import Any
 
 from vramguard._training import LeakWarning, TrainingWatch
-from vramguard.distributed.training import SHARE_EVERY
+from vramguard.distributed.training import SHARE_EVERY, stop_together
 
 try:
     from transformers import TrainerCallback
@@ -77,8 +78,9 @@ class VramGuardCallback(TrainerCallback):
             action = self.watch.check()
             if action is not None:
                 self.report = self.watch.act(action)
-                if action == "stop":
-                    control.should_training_stop = True
+            if self.watch.on_leak == "stop" and stop_together(action == "stop",
+                                                              getattr(args, "device", None)):
+                control.should_training_stop = True
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,

@@ -8,11 +8,13 @@ the summaries follow the checks (and at least every ``every_s``, from which read
 stale). On rank 0 each check also asks for the :func:`~vramguard.distributed.table`, logs it
 through the ``vramguard`` logger, and keeps it for the callback's metrics.
 
-Nothing here is a collective and nothing blocks a step: publishing is the sharer's thread, and
-the table is read by a thread of its own. A read is a connection to the job's store plus two
-store calls per rank, milliseconds on a healthy store, but a store that stalls (its host is
-swapping, a network partition) would hold a step for the whole timeout; off the step path it
-costs the step nothing, and a check that finds the previous read still running skips its own.
+Sharing uses no collective and never blocks a step: publishing is the sharer's thread, and the
+table is read by a thread of its own. (The one collective here is :func:`stop_together`, for
+``on_leak="stop"`` only; its docstring says why it is safe.) A read is a connection to the
+job's store plus two store calls per rank, milliseconds on a healthy store, but a store that
+stalls (its host is swapping, a network partition) would hold a step for the whole timeout; off
+the step path it costs the step nothing, and a check that finds the previous read still running
+skips its own.
 Importing this module imports neither torch nor numpy.
 """
 
@@ -49,6 +51,24 @@ def world() -> tuple[int, int] | None:
     except Exception:  # a half-initialised or unusual build: not a run we can share in
         return None
     return (rank, size) if size > 1 else None
+
+
+def stop_together(stop: bool, device: Any = None) -> bool:
+    """Whether any rank wants to stop, on every rank alike: ``stop`` itself outside a distributed
+    run, else a MAX all-reduce of it (a tensor on ``device``: the backend's, e.g. ``cuda:N`` for
+    NCCL; None: CPU). For ``on_leak="stop"`` only: one rank leaving the training loop alone kills
+    the others at their next gradient all-reduce (gloo: "Connection closed by peer"; NCCL: a hang
+    until its timeout). Every rank must call it at the same step, as the callbacks' checks are
+    (each rank's Guard counts the same optimizer steps); that is what makes this collective safe
+    where monitoring collectives are not (an all_gather only some ranks reach, Lightning#16541)."""
+    if world() is None:
+        return stop
+    import torch
+    import torch.distributed as dist
+
+    vote = torch.tensor([1 if stop else 0], device=device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
 
 
 class RankSharing:

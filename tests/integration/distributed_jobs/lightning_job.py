@@ -7,7 +7,7 @@ shares on its own (nothing here calls ``vramguard.distributed``). Each rank writ
 ``vramguard`` log records it emitted to ``--out``/rank{N}.log and what its callback ended with
 (verdict, sharing state, metrics; on rank 0 the last rank table) to ``--out``/rank{N}.json.
 ``--guard KEY=VALUE`` sets a Guard option (the callback's defaults otherwise); ``--no-share``
-passes ``share=False``.
+passes ``share=False``, ``--on-leak`` the action.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--leak-rank", type=int, default=-1)
     parser.add_argument("--guard", action="append", default=[])
     parser.add_argument("--no-share", action="store_true")
+    parser.add_argument("--on-leak", default="warn")
     args = parser.parse_args()
     guard = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.guard)}
 
@@ -67,7 +68,8 @@ def main() -> None:
     steps = args.steps
     data = DataLoader(TensorDataset(torch.randn(128 * steps, 64), torch.randn(128 * steps, 64)),
                       batch_size=64)
-    callback = VramGuardCallback(check_every=args.check_every, share=not args.no_share, **guard)
+    callback = VramGuardCallback(args.on_leak, check_every=args.check_every,
+                                 share=not args.no_share, **guard)
     trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[callback])
