@@ -155,10 +155,11 @@ class TrainingWatch:
         self.write(report)
         return report
 
-    def close(self) -> None:
-        """Stop sharing (a last publish; rank 0 logs the table once more). Idempotent."""
+    def close(self, *, final_table: bool = True) -> None:
+        """Stop sharing (a last publish; rank 0 logs the table once more unless not
+        ``final_table``). Idempotent."""
         if self.sharing is not None:
-            self.sharing.close()
+            self.sharing.close(final_table=final_table)
 
     def write(self, report: Any) -> None:
         """Write ``report`` to the ``report=`` path (text, ``.html`` or ``.json``); never raises."""

@@ -112,7 +112,7 @@ class VramGuardCallback(Callback):
         """Close an open step with the error (an OOM writes the Guard's post-mortem if asked)."""
         for watch in (self.train, self.validation):
             watch.end(exception)
-        self.train.close()
+        self.train.close(final_table=False)  # a last publish, no table read: the run is failing
 
     def _check(self, watch: TrainingWatch, trainer: Any, pl_module: Any, prefix: str) -> None:
         action = watch.check()

@@ -118,3 +118,12 @@ def test_hf_trainer_under_torchrun_names_the_leaking_rank_1(tmp_path: Path) -> N
     assert zero["logs"][-1]["vramguard/leaking_ranks"] == 1.0   # in the Trainer's logs (rank 0)
     assert all("vramguard/leaking_ranks" not in logs for logs in one["logs"])
     assert "WARNING vramguard: ranks: rank 1 leaks +" in (tmp_path / "rank0.log").read_text()
+
+
+def test_hf_trainer_stop_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    ranks = run(tmp_path, "--leak-rank", "1", "--on-leak", "stop", job=HF_JOB, torchrun=True)
+    assert ranks[0]["steps"] == ranks[1]["steps"] < 300   # run() asserts the job exited 0
+    assert ranks[1]["verdict"] == "leak"
+    assert 1 in ranks[0]["table"]["leaking_ranks"]        # rank 0's verdict: see the Lightning test
