@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+from vramguard.distributed.training import SHARE_EVERY
 from vramguard.errors import LeakDetected
 
 _log = logging.getLogger("vramguard")
@@ -42,7 +43,7 @@ class TrainingWatch:
     def __init__(self, target: str, *, on_leak: str = "warn", report: str | os.PathLike[str] | None
                  = None, check_every: int = 50, device: str | None = None,
                  guard_options: dict[str, Any] | None = None, share: bool = False,
-                 share_every: str | float = "30s") -> None:
+                 share_every: str | float = SHARE_EVERY) -> None:
         if on_leak not in ON_LEAK:
             raise ValueError(f"on_leak must be 'warn', 'raise' or 'stop', got {on_leak!r}")
         if check_every < 1:

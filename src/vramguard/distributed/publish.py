@@ -122,9 +122,9 @@ class Sharer:
 
     def publish_soon(self) -> int:
         """Wake the thread to publish now rather than at the next interval; never blocks (the
-        training callbacks call it at each verdict check, so summaries follow the checks, not the
-        clock). Returns the attempts made so far: ``wait_for(returned + 1)`` waits for the next one (which
-        reads the guard after this call, unless an attempt was already under way)."""
+        training callbacks call it at each verdict check, so summaries follow the checks, not
+        the clock). Returns the attempts made so far: ``wait_for(returned + 1)`` waits for the
+        next one (which reads the guard after this call, unless one was already under way)."""
         with self._changed:
             attempts = self.published + self.failures
         self._soon.set()

@@ -14,8 +14,7 @@ table is read by a thread of its own. (The one collective here is :func:`stop_to
 job's store plus two store calls per rank, milliseconds on a healthy store, but a store that
 stalls (its host is swapping, a network partition) would hold a step for the whole timeout; off
 the step path it costs the step nothing, and a check that finds the previous read still running
-skips its own.
-Importing this module imports neither torch nor numpy.
+skips its own. Importing this module imports neither torch nor numpy.
 """
 
 from __future__ import annotations
