@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+from vramguard.distributed.training import SHARE_EVERY
 from vramguard.errors import LeakDetected
 
 _log = logging.getLogger("vramguard")
@@ -31,11 +32,18 @@ class TrainingWatch:
     steps is far inside the overhead budget). After the first leak verdict the Guard tracks sites
     for its diagnosis window (``diagnose_steps``); the action waits for that, so the warning, the
     exception or the stop carries the explained report. ``guard_options`` go to the Guard.
+
+    ``share``: under a distributed run (torch.distributed initialised, more than one process),
+    publish this rank's summary and, on rank 0, read and log the rank table at each check
+    (:mod:`vramguard.distributed.training`); ``share_every``: the publishing interval between
+    checks. ``sharing`` is that :class:`~vramguard.distributed.training.RankSharing` (None when
+    not sharing).
     """
 
     def __init__(self, target: str, *, on_leak: str = "warn", report: str | os.PathLike[str] | None
                  = None, check_every: int = 50, device: str | None = None,
-                 guard_options: dict[str, Any] | None = None) -> None:
+                 guard_options: dict[str, Any] | None = None, share: bool = False,
+                 share_every: str | float = SHARE_EVERY) -> None:
         if on_leak not in ON_LEAK:
             raise ValueError(f"on_leak must be 'warn', 'raise' or 'stop', got {on_leak!r}")
         if check_every < 1:
@@ -46,6 +54,13 @@ class TrainingWatch:
         self.on_leak = on_leak
         self.report_path = None if report is None else Path(report)
         self.check_every = check_every
+        if share:
+            from vramguard.distributed.publish import seconds
+
+            seconds(share_every, name="share_every")  # a bad value fails here, not mid-run
+        self._share = share
+        self._share_every = share_every
+        self.sharing: Any = None
         self._device = device
         self._options = dict(guard_options or {})
         self.guard: Any = None
@@ -61,6 +76,10 @@ class TrainingWatch:
 
             self._options.setdefault("unit", "step")
             self.guard = Guard(self._device or device, **self._options)
+            if self._share:  # the frameworks initialise torch.distributed before the 1st step
+                from vramguard.distributed.training import RankSharing
+
+                self.sharing = RankSharing.start(self.guard, every=self._share_every)
 
     def begin(self) -> None:
         """A step starts (hot path: the Guard's own step cost)."""
@@ -81,6 +100,8 @@ class TrainingWatch:
         from vramguard.guard_diagnosis import explained
 
         self.verdict = self.guard.verdict()
+        if self.sharing is not None:
+            self.sharing.check()
         if self.verdict.is_leak:
             self.leak_seen = True
         # The verdict must still say leak when the action comes: a report that stops a run
@@ -102,6 +123,10 @@ class TrainingWatch:
             values["allocated_bytes"] = float(allocated)
         return {f"{prefix}{name}": value for name, value in values.items()}
 
+    def rank_metrics(self, prefix: str = "vramguard/") -> dict[str, float]:
+        """``leaking_ranks`` from rank 0's latest rank table; empty elsewhere and unshared."""
+        return {} if self.sharing is None else self.sharing.metrics(prefix)
+
     def act(self, action: str) -> Any:
         """Carry out ``action`` for the leak: write the report (when asked), warn or raise.
         ``stop`` is left to the caller (its framework's flag); the report is returned."""
@@ -121,6 +146,7 @@ class TrainingWatch:
         if self.guard is None or self.guard.requests == 0:
             return None
         action = self.check()
+        self.close()
         if action is None and self.leak_seen and not self.acted:
             self.acted = True
             action = self.on_leak
@@ -129,6 +155,12 @@ class TrainingWatch:
         report = self.guard.report(self.target)
         self.write(report)
         return report
+
+    def close(self, *, final_table: bool = True) -> None:
+        """Stop sharing (a last publish; rank 0 logs the table once more unless not
+        ``final_table``). Idempotent."""
+        if self.sharing is not None:
+            self.sharing.close(final_table=final_table)
 
     def write(self, report: Any) -> None:
         """Write ``report`` to the ``report=`` path (text, ``.html`` or ``.json``); never raises."""

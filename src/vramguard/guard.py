@@ -44,7 +44,6 @@ _log = logging.getLogger("vramguard")
 F = TypeVar("F", bound=Callable[..., Any])
 _HEAP_STEP = 1 << 20    # heap growth since the last census that makes a new one worth its cost
 _BASELINE_AT = 100      # auto warm-up: the tensor diff's baseline waits out auto_warmup's cap
-_HEAP_FLOOR = 16 << 10  # least heap growth over the verdict's window that can count
 # The guard's own cost is the CPU time of the thread that reads, not wall time: on a loaded
 # machine a read preempted for 3 ms took 3 us from the service, and wall time would charge it
 # 3 ms (and stop reading for thousands of steps). Steps are timed on the wall clock (``clock``).
@@ -281,11 +280,6 @@ class Guard:
         self._account.census_took(_own_time() - started)
         return census
 
-    def _min_growth(self) -> float:
-        # The heap counter also moves with Python's and the libraries' own allocations (a list
-        # resized, a cache filled): growth under 16 KiB over the window is no evidence of a leak.
-        return _HEAP_FLOOR if self.device.is_cpu and self._sampler.cheap else 0.0
-
     def _baseline_at(self) -> int:
         return self._warmup if self._warmup is not None else _BASELINE_AT
 
@@ -350,6 +344,12 @@ class Guard:
         return self._sampler.signal
 
     @property
+    def signal_floor(self) -> int:
+        """The least growth of the signal over the verdict's window that can count as a leak
+        (16 KiB for the CPU heap counter, 0 for exact signals); shown in the status."""
+        return self._sampler.floor
+
+    @property
     def signal_note(self) -> str | None:
         """Why the CPU heap counter is not the signal (None when it is, and on accelerators):
         the census is then the signal, at the sparser cadence the budget affords."""
@@ -363,7 +363,7 @@ class Guard:
             key = (len(samples), samples[-1].request if samples else -1)
             if self._verdict is not None and key == self._verdict_key:
                 return self._verdict
-        verdict = decide(samples, warmup=self._warmup, min_growth=self._min_growth())
+        verdict = decide(samples, warmup=self._warmup, min_growth=self._sampler.floor)
         with self._lock:
             self._verdict, self._verdict_key = verdict, key
         if verdict.is_leak and self._diagnosis is not None:  # issue 10: open the window once

@@ -11,6 +11,16 @@ window has explained it: a :class:`~vramguard._training.LeakWarning` with the re
 :class:`~vramguard.errors.LeakDetected` ("raise"), or ``trainer.should_stop`` ("stop"). With
 ``report=PATH`` the report (text, or HTML/JSON by the suffix) is written at the leak and at the
 end of training, whatever the verdict. Needs ``pip install 'vramguard[lightning]'``.
+
+Under a distributed run (``strategy="ddp"`` and the like: torch.distributed initialised with
+more than one process) each rank's training Guard shares its summary
+(:func:`vramguard.distributed.share`, woken at each check and at least every ``share_every``),
+and rank 0 reads the rank table at each check off the step path, logs it through the
+``vramguard`` logger (a warning when a rank is newly flagged) and logs
+``vramguard/leaking_ranks`` (how many ranks are flagged) with ``rank_zero_only=True``. No
+collective is involved. ``share=False`` turns it off. ``on_leak="stop"`` stops every rank
+together: at each check the ranks vote (one small all-reduce, only with "stop"), since one rank
+leaving alone would kill the others at their next gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import os
 from typing import Any
 
 from vramguard._training import LeakWarning, TrainingWatch
+from vramguard.distributed.training import SHARE_EVERY
 
 try:  # the unified package first; the standalone one has the same Callback API
     from lightning.pytorch import Callback
@@ -41,16 +52,21 @@ class VramGuardCallback(Callback):
     ``pl_module.log``. ``report``: a path for the report. ``check_every``: steps between verdicts.
     ``device``: the Guard's device (None: the module's). Other keyword arguments go to the
     :class:`~vramguard.Guard` (``warmup``, ``diagnose``, ``diagnose_steps``, ``overhead_budget``).
+    ``share``: share the training Guard's summary under a distributed run, and log the rank table
+    on rank 0 (see the module docstring); ``share_every``: the publishing interval between checks
+    (``"30s"``, or seconds). ``self.train.sharing.latest``: rank 0's latest table.
     """
 
     def __init__(self, on_leak: str = "warn", log_metrics: bool = True,
                  report: str | os.PathLike[str] | None = None, *, check_every: int = 50,
-                 device: str | None = None, **guard_options: Any) -> None:
+                 device: str | None = None, share: bool = True,
+                 share_every: str | float = SHARE_EVERY, **guard_options: Any) -> None:
         super().__init__()
         self.log_metrics = log_metrics
         self.train = TrainingWatch("training", on_leak=on_leak, report=report,
                                    check_every=check_every, device=device,
-                                   guard_options=guard_options)
+                                   guard_options=guard_options, share=share,
+                                   share_every=share_every)
         self.validation = TrainingWatch("validation", on_leak=on_leak, check_every=check_every,
                                         device=device, guard_options=guard_options)
         self.report: Any = None  # the last report written or acted on
@@ -96,16 +112,29 @@ class VramGuardCallback(Callback):
         """Close an open step with the error (an OOM writes the Guard's post-mortem if asked)."""
         for watch in (self.train, self.validation):
             watch.end(exception)
+        self.train.close(final_table=False)  # a last publish, no table read: the run is failing
 
     def _check(self, watch: TrainingWatch, trainer: Any, pl_module: Any, prefix: str) -> None:
         action = watch.check()
         if self.log_metrics:
             for name, value in watch.metrics(prefix).items():
                 pl_module.log(name, value, on_step=True, on_epoch=False)
+            # Rank 0's alone: rank_zero_only says so, and keeps Lightning from expecting the
+            # key on every rank (divergent keys across ranks hang a synced log, Lightning#19106).
+            for name, value in watch.rank_metrics(prefix).items():
+                pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)
         if action is not None:
             self.report = watch.act(action)
-            if action == "stop":
-                trainer.should_stop = True
+        if watch.on_leak != "stop":
+            return
+        stop = action == "stop"
+        if getattr(trainer, "world_size", 1) > 1:
+            # One rank stopping alone kills the job at the others' next gradient all-reduce:
+            # every rank votes at every check, through Lightning's own reduction (as its
+            # EarlyStopping does). Why this collective is safe: distributed.training.stop_together.
+            stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+        if stop:
+            trainer.should_stop = True
 
 
 def _device(pl_module: Any) -> str:

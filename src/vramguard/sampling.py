@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from vramguard.analysis.samples import Sample
+from vramguard.analysis.samples import Sample, SampleStore
 
 READ_SHARE = 0.7  # of the budget, spread evenly over the steps for the cheap reads (the signal)
 # The account as a whole may not spend more than this share of the budget: the rest is headroom
@@ -97,44 +97,14 @@ def cost_estimate(old: float, new: float) -> float:
     return old + (new - old) * 0.2
 
 
-class _Reservoir:
-    """Samples in a list allocated once at full size: a history that grew by reallocation would
-    itself move the C heap counter it records, a few bytes per sample, like a tiny leak."""
-
-    __slots__ = ("_slots", "capacity", "count", "min_gap")
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._slots: list[Sample | None] = [None] * capacity
-        self.count = 0
-        self.min_gap = 1
-
-    def add(self, sample: Sample) -> None:
-        last = self._slots[self.count - 1] if self.count else None
-        if last is not None and sample.request - last.request < self.min_gap:
-            return  # thinned away: the history stays evenly spread
-        self._slots[self.count] = sample
-        self.count += 1
-        if self.count >= self.capacity:
-            kept = self._slots[: self.count : 2]
-            self._slots[: len(kept)] = kept
-            self._slots[len(kept):] = [None] * (self.capacity - len(kept))
-            self.count = len(kept)
-            self.min_gap *= 2
-
-    @property
-    def samples(self) -> list[Sample]:
-        return [s for s in self._slots[: self.count] if s is not None]
-
-
 class History:
     """At most ``capacity`` cheap samples and ``capacity`` census samples, each evenly spread
     over the whole run (a guard runs for weeks: the resolution halves, the span never shrinks)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(16, capacity)
-        self._cheap = _Reservoir(self.capacity)
-        self._census = _Reservoir(self.capacity)
+        self._cheap = SampleStore(self.capacity)
+        self._census = SampleStore(self.capacity)
 
     def add(self, sample: Sample, *, census: bool) -> None:
         """Keep ``sample`` (a census sample when ``census``) if the spacing allows."""

@@ -11,6 +11,13 @@ metrics join the Trainer's logs in ``on_log`` (so every ``report_to`` integratio
 an explained leak a warning ("warn"), :class:`~vramguard.errors.LeakDetected` ("raise") or
 ``control.should_training_stop`` ("stop"); the report (text, HTML or JSON by suffix) at the leak
 and at the end of training. Needs ``pip install 'vramguard[transformers]'``.
+
+Under a distributed run (torchrun, accelerate: torch.distributed initialised with more than one
+process) each rank's Guard shares its summary (:func:`vramguard.distributed.share`, woken at
+each check and at least every ``share_every``); rank 0 reads the rank table at each check off
+the step path, logs it through the ``vramguard`` logger and adds ``vramguard/leaking_ranks`` to
+its logs. No collective is involved. ``share=False`` turns it off. ``on_leak="stop"`` stops
+every rank together (a vote at each check, see :func:`~vramguard.distributed.training.stop_together`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 from typing import Any
 
 from vramguard._training import LeakWarning, TrainingWatch
+from vramguard.distributed.training import SHARE_EVERY, stop_together
 
 try:
     from transformers import TrainerCallback
@@ -36,16 +44,20 @@ class VramGuardCallback(TrainerCallback):
 
     ``on_leak``: "warn" | "raise" | "stop". ``log_metrics``: add ``vramguard/*`` to the logs.
     ``report``: a path for the report. ``check_every``: steps between verdicts. ``device``: the
-    Guard's device (None: the model's). Other keyword arguments go to the :class:`~vramguard.Guard`.
+    Guard's device (None: the model's). ``share``/``share_every``: as in
+    :class:`vramguard.lightning.VramGuardCallback`; ``self.watch.sharing.latest`` is rank 0's
+    latest table. Other keyword arguments go to the :class:`~vramguard.Guard`.
     """
 
     def __init__(self, on_leak: str = "warn", log_metrics: bool = True,
                  report: str | os.PathLike[str] | None = None, *, check_every: int = 50,
-                 device: str | None = None, **guard_options: Any) -> None:
+                 device: str | None = None, share: bool = True,
+                 share_every: str | float = SHARE_EVERY, **guard_options: Any) -> None:
         self.log_metrics = log_metrics
         self.watch = TrainingWatch("training", on_leak=on_leak, report=report,
                                    check_every=check_every, device=device,
-                                   guard_options=guard_options)
+                                   guard_options=guard_options, share=share,
+                                   share_every=share_every)
         self.report: Any = None  # the last report written or acted on
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -66,8 +78,9 @@ class VramGuardCallback(TrainerCallback):
             action = self.watch.check()
             if action is not None:
                 self.report = self.watch.act(action)
-                if action == "stop":
-                    control.should_training_stop = True
+            if self.watch.on_leak == "stop" and stop_together(action == "stop",
+                                                              getattr(args, "device", None)):
+                control.should_training_stop = True
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
@@ -75,6 +88,7 @@ class VramGuardCallback(TrainerCallback):
         """Add the latest ``vramguard/*`` metrics to the Trainer's logs."""
         if self.log_metrics and logs is not None and self.watch.guard is not None:
             logs.update(self.watch.metrics())
+            logs.update(self.watch.rank_metrics())  # rank 0's table; nothing on other ranks
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Act on a leak not acted on yet; write the report whatever the verdict."""

@@ -294,3 +294,17 @@ def test_a_hung_store_never_blocks_a_step() -> None:
         release.set()
         sharer.stop(timeout=60)
     assert not sharer.running
+
+
+def test_an_initialised_group_s_identity_keeps_the_launcher_s_local_rank_alone() -> None:
+    # Lightning's DDP launcher sets LOCAL_RANK but not RANK in the processes it starts; the
+    # local rank must still show (it showed "-"): h13's finding under a real Lightning DDP run.
+    from vramguard.readers.rank import read_identity
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        identity = read_identity({"LOCAL_RANK": "3"})
+    finally:
+        dist.destroy_process_group()
+    assert (identity.rank, identity.local_rank, identity.world_size) == (0, 3, 1)
+    assert identity.source == "torch.distributed"

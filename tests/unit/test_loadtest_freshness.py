@@ -67,6 +67,9 @@ def test_status_parsing() -> None:
     assert parsed.server_requests == 42
     assert {v.name: (v.value, v.request, v.time) for v in parsed.values} == {
         "allocated": (7, 40, 1.5), "device_used": (9, 41, 2.5)}
+    assert parsed.floor == 0  # an older server that states no floor
+    assert parse_status({"memory": {"allocated": 7, "floor_bytes": 16384}}, "u", 0, 0.0).floor \
+        == 16384
     with pytest.raises(EnvironmentProblem, match="without a 'memory' block"):
         parse_status({"openapi": "3.1"}, "http://h/s", 0, 0.0)
     with pytest.raises(EnvironmentProblem, match="without a 'memory' block"):
@@ -113,3 +116,23 @@ def test_mostly_failing_or_unread_runs_have_no_verdict() -> None:
     unread = LoadResult(freshness=Freshness(base=0), completed=50, statuses={"200": 50}, reads=6)
     with pytest.raises(EnvironmentProblem, match="overhead_budget=None"):
         _judge(unread, target="t", device="d", warm=None, as_json=False, quiet=True, status="u")
+
+
+def test_the_servers_floor_is_applied_to_its_readings(capsys: pytest.CaptureFixture[str]) -> None:
+    # 100 B/request over 120 fresh readings (~11 KiB): exact growth that an allocator counter
+    # calls a leak, but under the 16 KiB floor a heap-counter server states.
+    def run(floor: int) -> int:
+        fresh = Freshness(base=0)
+        for request in range(120):
+            value = Value("allocated", 50_000_000 + 100 * request, request, float(request))
+            fresh.add(Reading(request + 1, (value,), float(request), None, floor))
+        result = LoadResult(freshness=fresh, completed=120, statuses={"200": 120}, reads=120)
+        return _judge(result, target="GET u", device="server", warm=None, as_json=False,
+                      quiet=True, status="u")
+    assert run(0) == 1
+    assert run(16384) == 5
+    err = capsys.readouterr().err
+    # 16 KiB at ~100 B/request is ~165 requests past the warm-up; with the margin and the
+    # automatic warm-up, a rerun of ~230 requests would clear the floor.
+    assert "16.0 KiB" in err
+    assert "(--requests 2" in err, err

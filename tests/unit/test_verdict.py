@@ -108,6 +108,52 @@ def test_too_sparse_census_is_inconclusive() -> None:
     assert "13 samples" in verdict.reason
 
 
+# --- a floored signal (the CPU heap counter) ------------------------------------------------------
+
+HEAP_FLOOR = 16 * KIB
+
+
+def _heap(per_request: float, n: int, *, noise: float = 100.0, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    return allocated_only(50 * MIB + per_request * np.arange(n) + rng.normal(0, noise, n))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("scenario", [s for s in series.SCENARIOS
+                                      if s.expected is not VerdictKind.LEAK],
+                         ids=lambda s: s.name)
+def test_the_floor_leaves_every_look_alike_a_no_leak(scenario: series.Scenario,
+                                                      seed: int) -> None:
+    # Caches, sawtooths, GC cycles and noise earn their "no leak" on a floored signal too: the
+    # floor only doubts growth that is steady on every other test.
+    assert decide(scenario.make(seed, 300), min_growth=HEAP_FLOOR).kind is scenario.expected
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_steady_growth_under_the_floor_is_inconclusive_not_no_leak(seed: int) -> None:
+    # 50 B/request over 270 post-warm-up requests: ~13 KiB, steady, under the 16 KiB floor.
+    # The same series without a floor is a leak; with it, neither verdict is earned.
+    assert decide(_heap(50, 300, seed=seed)).kind is VerdictKind.LEAK
+    verdict = decide(_heap(50, 300, seed=seed), min_growth=HEAP_FLOOR)
+    assert verdict.kind is VerdictKind.INCONCLUSIVE, verdict.reason
+    assert "16.0 KiB" in verdict.reason
+    assert "a longer run would tell" in verdict.reason
+    assert verdict.growth is not None
+    assert verdict.growth.bytes_per_request == pytest.approx(50, rel=0.1)
+
+
+def test_the_same_rate_clears_the_floor_in_a_longer_run() -> None:
+    verdict = decide(_heap(50, 1000), min_growth=HEAP_FLOOR)
+    assert verdict.kind is VerdictKind.LEAK, verdict.reason
+
+
+@pytest.mark.parametrize("noise", [100.0, 2000.0])
+def test_a_flat_heap_is_no_leak_on_a_floored_signal(noise: float) -> None:
+    for seed in SEEDS:
+        assert decide(_heap(0, 300, noise=noise, seed=seed),
+                      min_growth=HEAP_FLOOR).kind is VerdictKind.NO_LEAK
+
+
 # --- the other kinds ------------------------------------------------------------------------------
 
 def _with(n: int = 300, **columns: np.ndarray) -> list[Sample]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from vramguard.readers.device import Device
+from vramguard.readers.heap import REQUEST_FLOOR_BYTES
 
 
 class Counter:
@@ -21,6 +22,10 @@ class Counter:
                  signal: str | None = None) -> None:
         self.reason: str | None = None
         self.signal = signal or "injected counter"
+        # Bytes per request below which a route's growth is not called a leak: the heap
+        # counter's per-request floor on CPU (an injected counter there stands in for it), none
+        # for the allocator's exact counters.
+        self.request_floor = REQUEST_FLOOR_BYTES if device.is_cpu else 0
         self._heap: _HeapLike | None = None
         if read is not None:
             self._read: Callable[[], int | None] | None = read

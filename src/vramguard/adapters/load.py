@@ -56,6 +56,7 @@ class Reading:
     values: tuple[Value, ...]
     time: float  # this process's monotonic clock, when the server tells no time of its own
     server_requests: int | None = None  # the server's own request count, when it says
+    floor: int = 0  # the status's memory.floor_bytes: least window growth that can count
 
 
 MemoryReader = Callable[[int], Awaitable[Reading]]
@@ -75,6 +76,7 @@ class Freshness:
         self.fresh = 0          # fresh readings of allocated memory (what the verdict needs)
         self.stale = 0          # reads whose allocated value was a repeat
         self.dated = True       # every value came with read_at_request
+        self.floor = 0          # the largest memory.floor_bytes the server stated
         self._last: dict[str, tuple[Any, ...]] = {}
         self._points: dict[int, dict[str, Any]] = {}
 
@@ -82,6 +84,7 @@ class Freshness:
         """Record a read; True when it brought a fresh allocated-memory value."""
         fresh_allocated = False
         saw_allocated = False
+        self.floor = max(self.floor, reading.floor)
         for value in reading.values:
             dated = value.request is not None
             self.dated = self.dated and dated
@@ -199,8 +202,10 @@ def parse_status(document: Any, status_url: str, completed: int, now: float) -> 
             values.append(Value(name, value, request if isinstance(request, int) else None,
                                 float(moment) if isinstance(moment, int | float) else None))
     count = document.get("requests")
+    floor = memory.get("floor_bytes")
     return Reading(completed, tuple(values), now,
-                   count if isinstance(count, int) and not isinstance(count, bool) else None)
+                   count if isinstance(count, int) and not isinstance(count, bool) else None,
+                   floor if isinstance(floor, int) and not isinstance(floor, bool) else 0)
 
 
 def status_reader(client: httpx.AsyncClient, status_url: str) -> MemoryReader:

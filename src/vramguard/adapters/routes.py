@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vramguard.adapters.attribution import NO_LEAK_MAX, Call, RouteEstimate
-from vramguard.analysis.samples import Sample
+from vramguard.analysis.samples import Sample, SampleStore
 from vramguard.analysis.verdict import Growth, Verdict, VerdictKind, decide
 from vramguard.units import format_bytes
 
@@ -67,7 +67,7 @@ class _Route:
     square: float = 0.0  # ... and of their squares: the bound on bytes/request (``upper``)
     clip: tuple[float, float] | None = None  # the clipping range, from ``recent``
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=_RECENT))
-    samples: list[Sample] = field(default_factory=list)
+    samples: SampleStore = field(default_factory=lambda: SampleStore(512))
     verdict: Verdict | None = None
     verdict_key: int = -1
 
@@ -85,7 +85,7 @@ class RouteBook:
         if route is None:
             if len(self._routes) >= self._max_routes and name != OTHER:
                 return self._route(OTHER)
-            route = self._routes[name] = _Route()
+            route = self._routes[name] = _Route(samples=SampleStore(self._max_samples))
         return route
 
     def count(self, name: str, *, overlapped: bool = False, now: float | None = None) -> None:
@@ -123,10 +123,10 @@ class RouteBook:
         route.series += clipped
         route.square += clipped * clipped
         route.recent.append(retained)
-        index = len(route.samples) and route.samples[-1].request + 1
-        route.samples.append(Sample(request=index, time=time, allocated=round(route.series)))
-        if len(route.samples) >= self._max_samples:
-            route.samples = route.samples[::2]  # keep the whole history at half the resolution
+        # The (measured - 1)-th measured request; the store keeps the whole history evenly
+        # thinned, in arrays allocated once (kept Samples would grow the heap counter).
+        route.samples.add(Sample(request=route.measured - 1, time=time,
+                                 allocated=round(route.series)))
 
     def upper(self, name: str) -> float | None:
         """The top of a 95% interval on the route's mean (clipped) bytes per measured request,
@@ -153,14 +153,15 @@ class RouteBook:
 
     def samples(self, name: str) -> tuple[Sample, ...]:
         """The route's series: cumulative (clipped) retained bytes per measured request."""
-        return tuple(self._routes[name].samples)
+        return tuple(self._routes[name].samples.samples)
 
     def verdict(self, name: str) -> Verdict:
         """The leak verdict on the route's series (cached until it gets a new sample)."""
         route = self._routes[name]
-        key = route.samples[-1].request if route.samples else -1
+        last = route.samples.last_request
+        key = -1 if last is None else last
         if route.verdict is None or key != route.verdict_key:
-            route.verdict, route.verdict_key = decide(route.samples), key
+            route.verdict, route.verdict_key = decide(route.samples.samples), key
         return route.verdict
 
 

@@ -42,7 +42,6 @@ from vramguard.readers.sampler import Sampler
 from vramguard.sampling import cost_estimate
 
 _log = logging.getLogger("vramguard")
-_HEAP_FLOOR = 1024.0  # B/request: below it a route's growth is not called a leak (routes.combine)
 _OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests that ended
 _ATTRIBUTION_EVERY_S = 1.0  # the windows' fit is recomputed at most this often
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
@@ -322,8 +321,8 @@ class WebGuard:
             exact = self._routes.verdict(route)
             requests = self._routes.counts(route).requests
             upper = self._routes.upper(route)
-        floor = _HEAP_FLOOR if self.guard.device.is_cpu else 0.0
-        return combine(exact, self.attribution(fresh=fresh).route(route), requests, floor=floor,
+        return combine(exact, self.attribution(fresh=fresh).route(route), requests,
+                       floor=self._counter.request_floor,
                        upper=upper)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:

@@ -58,6 +58,10 @@ DECELERATION_RATIO = 0.5
 ``_deceleration``): a key set saturating over the run (K <= n/3 keys, ~95% full at the end) stays
 below it, leaks (ratio ~1, or > 1 when they start late) above it."""
 
+BELOW_FLOOR_SHARE = 0.125
+"""A retained rise (recent half) under an eighth of ``min_total`` (about a quarter of it over the
+whole window) is not "near" the floor (see ``below_floor``)."""
+
 MAX_FIT_POINTS = 200
 """Theil-Sen is O(n^2 log n); beyond this many points we fit an even subsample (the median of
 pairwise slopes of 200 evenly spaced points is as good an estimate for a trend, and 4x cheaper)."""
@@ -91,6 +95,10 @@ class GrowthEvidence:
     """All three tests passed: trend significant, retained rise large, not decelerating."""
     decelerating: bool
     """Trend and retained rise passed, but growth is slowing down like a cache filling up."""
+    below_floor: bool = False
+    """Steady growth on every test but ``min_total``: significant, beyond the spread, not
+    slowing, with a retained rise of at least ``BELOW_FLOOR_SHARE`` of the floor, but under it.
+    A small or young leak looks like this, and so does a floored counter's own churn."""
 
     @property
     def total_growth(self) -> float:
@@ -196,22 +204,23 @@ def steady_growth(
     low, mid = np.percentile(y - (whole_intercept + whole_slope * x), [10, 50])
     spread = float(mid - low) / _Q10_TO_SIGMA
 
-    retained = (
+    beyond_spread = (
         retained_rise > 0
         and retained_rise >= RETAINED_IN_SPREADS * spread
         and recent_rise >= RECENT_IN_SPREADS * spread
-        and retained_rise >= min_total / 2
     )
-    if not retained and not always_fit:
+    if not (beyond_spread and retained_rise >= min_total / 2) and not always_fit:
         return GrowthEvidence(None, recent_rise, retained_rise, spread, None, n, span,
                               significant=False, retained=False, growing=False,
                               decelerating=False)
     trend = fit_trend(*_subsample(x, y, fit_points))
     significant = trend is not None and trend.low > 0
-    retained = retained and trend is not None and trend.slope * span >= min_total
+    above_floor = (trend is not None and retained_rise >= min_total / 2
+                   and trend.slope * span >= min_total)
+    retained = beyond_spread and above_floor
 
     deceleration = None
-    if significant and retained:  # only worth its two fits when it can change the answer
+    if significant and beyond_spread:  # only worth its two fits when it can change the answer
         deceleration = _deceleration(x, y, tail, fit_points // 3)
     slowing = deceleration is not None and deceleration < DECELERATION_RATIO
 
@@ -227,4 +236,6 @@ def steady_growth(
         retained=retained,
         growing=significant and retained and not slowing,
         decelerating=significant and retained and slowing,
+        below_floor=(significant and beyond_spread and not above_floor and not slowing
+                     and retained_rise >= BELOW_FLOOR_SHARE * min_total),
     )

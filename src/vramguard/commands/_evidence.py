@@ -24,9 +24,11 @@ def readings_after_warmup(samples: Sequence[Sample], warmup: int) -> int:
 
 
 def requests_needed(*, requests: int, warmup: int, readings: int, auto_warm: bool,
-                    min_points: int = MIN_POINTS) -> int | None:
+                    min_points: int = MIN_POINTS, window: int | None = None) -> int | None:
     """Total requests a rerun needs for ``min_points`` readings past the warm-up, at this run's
-    rate of ``readings`` per post-warm-up request; None when the run gave no rate at all.
+    rate of ``readings`` per post-warm-up request, and for a window of at least ``window``
+    requests past the warm-up (a growth under the signal's floor: ``Verdict.requests_to_clear``);
+    None when the run gave no rate at all.
 
     With ``auto_warm`` the rerun's warm-up grows with it (:func:`auto_warmup`); otherwise it
     stays ``warmup``.
@@ -35,6 +37,8 @@ def requests_needed(*, requests: int, warmup: int, readings: int, auto_warm: boo
     if readings <= 0 or measured <= 0:
         return None
     after = math.ceil(min_points * _MARGIN * measured / readings)
+    if window is not None:
+        after = max(after, math.ceil(window * _MARGIN))
     if not auto_warm:
         return max(requests + 1, warmup + after)
     total = after

@@ -94,5 +94,6 @@ def check(target: str, requests: int, warmup: str, device: str, as_json: bool, q
         write_report(result, report)
     needed = requests_needed(requests=requests, warmup=result.warmup,
                              readings=readings_after_warmup(result.samples, result.warmup),
-                             auto_warm=warmup_value is None)
+                             auto_warm=warmup_value is None,
+                             window=result.verdict.requests_to_clear())
     return finish(result, as_json=as_json, quiet=quiet, needed=needed)

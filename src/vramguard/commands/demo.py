@@ -52,6 +52,6 @@ def demo(leak: str, requests: int, device: str, as_json: bool, report: str | Non
         write_report(result, report)
     needed = requests_needed(requests=requests, warmup=result.warmup,
                              readings=readings_after_warmup(result.samples, result.warmup),
-                             auto_warm=True)
+                             auto_warm=True, window=result.verdict.requests_to_clear())
     code = finish(result, as_json=as_json, quiet=False, needed=needed)
     return EXIT_INCONCLUSIVE if code == EXIT_INCONCLUSIVE else EXIT_OK

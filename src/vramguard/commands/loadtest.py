@@ -215,7 +215,7 @@ def _judge(result: LoadResult, *, target: str, device: str, warm: int | None, as
             "allocated-memory value read during the load", hint=hint)
     samples = freshness.samples()
     resolved = auto_warmup(result.completed) if warm is None else warm
-    verdict = decide(samples, warmup=resolved)
+    verdict = decide(samples, warmup=resolved, min_growth=freshness.floor)
     used = readings_after_warmup(samples, resolved)
     counted = (f"{freshness.fresh} fresh memory readings ({used} after the warm-up) of "
                f"{result.reads} reads; {freshness.stale} repeats of a value already seen ignored")
@@ -235,7 +235,7 @@ def _judge(result: LoadResult, *, target: str, device: str, warm: int | None, as
     if result.stopped is not None and not quiet:
         click.echo(f"loadtest: partial: {result.stopped}", err=True)
     needed = requests_needed(requests=result.completed, warmup=resolved, readings=used,
-                             auto_warm=warm is None)
+                             auto_warm=warm is None, window=verdict.requests_to_clear())
     code = finish(check, as_json=as_json, quiet=quiet, needed=needed)
     if result.stopped is None or code == EXIT_LEAK:
         return code

@@ -60,6 +60,7 @@ class Sharer:
         self._suspects = suspects
         self._timeout_s = timeout_s
         self._stop = threading.Event()
+        self._soon = threading.Event()  # publish_soon()'s wake-up (and stop()'s)
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
         self.published = 0
@@ -119,15 +120,28 @@ class Sharer:
             self._thread.start()
         return self
 
+    def publish_soon(self) -> int:
+        """Wake the thread to publish now rather than at the next interval; never blocks (the
+        training callbacks call it at each verdict check, so summaries follow the checks, not
+        the clock). Returns the attempts made so far: ``wait_for(returned + 1)`` waits for the
+        next one (which reads the guard after this call, unless one was already under way)."""
+        with self._changed:
+            attempts = self.published + self.failures
+        self._soon.set()
+        return attempts
+
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             self.publish()
-            if self._stop.wait(self.every_s):
-                return
+            self._soon.wait(self.every_s)
+            # A wake-up between the wait and this clear is not lost: the publish just below
+            # reads the guard after it.
+            self._soon.clear()
 
     def stop(self, *, final: bool = False, timeout: float | None = None) -> None:
         """Stop publishing (``final``: publish once more first, in the caller's thread)."""
         self._stop.set()
+        self._soon.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if final:

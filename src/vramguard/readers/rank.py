@@ -112,7 +112,8 @@ def read_identity(env: Mapping[str, str] | None = None) -> RankIdentity:
     variables), else the environment. Never imports torch and never raises; cheap (microseconds),
     so callers read it when they need it instead of caching a value that ``init_process_group``
     may change later."""
-    from_env = identity_from_env(os.environ if env is None else env)
+    environ = os.environ if env is None else env
+    from_env = identity_from_env(environ)
     torch = sys.modules.get("torch")
     if torch is None:
         return from_env
@@ -120,7 +121,8 @@ def read_identity(env: Mapping[str, str] | None = None) -> RankIdentity:
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
             return from_env
-        return RankIdentity(int(dist.get_rank()), from_env.local_rank,
+        # Lightning's launcher sets LOCAL_RANK without RANK: take the local rank alone too.
+        return RankIdentity(int(dist.get_rank()), local_rank_from_env(environ),
                             int(dist.get_world_size()), "torch.distributed")
     except Exception:  # a half-torn-down group must not break a report
         return from_env

@@ -6,7 +6,7 @@ from vramguard.analysis.samples import Sample
 from vramguard.readers.allocator import AllocatorReader
 from vramguard.readers.census import Census, CensusTaker
 from vramguard.readers.device import Device
-from vramguard.readers.heap import HeapCounter
+from vramguard.readers.heap import WINDOW_FLOOR_BYTES, HeapCounter
 from vramguard.readers.process import ProcessReader
 
 HEAP_SIGNAL = "native heap in use (glibc mallinfo2)"
@@ -47,6 +47,13 @@ class Sampler:
         if self._allocator is not None:
             return ALLOCATOR_SIGNAL
         return HEAP_SIGNAL if self.cheap else CENSUS_SIGNAL
+
+    @property
+    def floor(self) -> int:
+        """The least growth of ``allocated`` over a verdict's window that can count as a leak:
+        the heap counter's floor on CPU (see ``heap.WINDOW_FLOOR_BYTES``), 0 for the exact
+        signals (allocator counters, the census), where the verdict's own 1 KiB minimum holds."""
+        return WINDOW_FLOOR_BYTES if self._allocator is None and self.cheap else 0
 
     @property
     def fallback_reason(self) -> str | None:

@@ -69,8 +69,11 @@ def main() -> None:
     if rank == 0:
         while True:
             table = vd.table(timeout="5s")
-            done = not table.missing_ranks if args.die_rank < 0 else (
-                args.die_rank in table.stale_ranks)
+            # Only the killed rank stale: a leaking rank's first publish takes two censuses
+            # (0.56-0.73 s on a loaded 2-core box), longer than 3 intervals of 0.2 s, so a read
+            # just after it can find that rank stale too, until its next publish lands.
+            expected_stale = set() if args.die_rank < 0 else {args.die_rank}
+            done = not table.missing_ranks and table.stale_ranks == expected_stale
             if done or time.monotonic() > deadline:
                 break
             sharer.wait_for(sharer.published + sharer.failures + 1, timeout=args.deadline)
