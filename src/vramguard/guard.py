@@ -23,10 +23,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from vramguard.analysis.samples import Sample
-from vramguard.analysis.verdict import Verdict, decide
+from vramguard.analysis.verdict import Verdict, VerdictKind, decide
 from vramguard.distributed.groups import GroupCounts
 from vramguard.guard_diagnosis import GuardDiagnosis, build_report
 from vramguard.readers import own
@@ -110,6 +111,7 @@ class Guard:
         self._early: Census | None = None  # the diff's stand-in baseline before step 100
         self._baseline: Census | None = None
         self._verdict: Verdict | None = None
+        self._leak_seen_at: int | None = None  # the last request a leak verdict covered
         self._verdict_key: tuple[int, int] = (-1, -1)
         # -- issue 10 (h10): the Guard explains itself; logic in vramguard.guard_diagnosis --------
         if diagnose not in ("auto", "never"):
@@ -147,7 +149,7 @@ class Guard:
                 finally:
                     if tracking:
                         self._diagnosis.leave(tracking)  # type: ignore[union-attr]
-                    self._end_step(started)
+                    self._end_step(started, tracked=bool(tracking))
             return cast(F, async_wrapper)
 
         @functools.wraps(fn)
@@ -162,17 +164,18 @@ class Guard:
             finally:
                 if tracking:
                     self._diagnosis.leave(tracking)  # type: ignore[union-attr]
-                self._end_step(started)
+                self._end_step(started, tracked=bool(tracking))
         return cast(F, wrapper)
 
-    def _end_step(self, started: float) -> None:
+    def _end_step(self, started: float, *, tracked: bool = False) -> None:
         # Hot path, no lock: next() on itertools.count is atomic under the GIL, and the timing
         # statistics tolerate a lost update between threads. The lock is taken only when a read
-        # is due, to elect the one thread that reads.
+        # is due, to elect the one thread that reads. A step the diagnosis window tracked is
+        # not read: the heap holds the tracker's own records then (its span ended just before).
         now = self._clock()
         request = next(self._counter)
         self._account.record_step(now - started, request == 1)
-        if request < self._next_read or self._sampling or self._failed:
+        if request < self._next_read or self._sampling or self._failed or tracked:
             return
         with self._lock:
             if self._sampling:
@@ -364,10 +367,43 @@ class Guard:
             if self._verdict is not None and key == self._verdict_key:
                 return self._verdict
         verdict = decide(samples, warmup=self._warmup, min_growth=self._sampler.floor)
+        verdict = self._held(verdict, samples)
         with self._lock:
             self._verdict, self._verdict_key = verdict, key
         if verdict.is_leak and self._diagnosis is not None:  # issue 10: open the window once
             self._diagnosis.saw_leak(self)
+        return verdict
+
+    def _held(self, verdict: Verdict, samples: tuple[Sample, ...]) -> Verdict:
+        """A leak verdict holds until the samples taken after it say otherwise on their own.
+
+        A verdict over the whole window can turn from ``leak`` for reasons other than the leak
+        ending: one large free in the recent half (a collection of garbage from elsewhere, a
+        cache dropped) flattens the level the run retains, and the window then reads "no leak"
+        while memory keeps rising (measured: a 6.6 MiB drop in a long-lived process turned a
+        +4.7 KiB/step leak into "no leak" 10 steps later). So once a leak was seen, a verdict
+        that is not a leak must be earned by the samples after the last leak verdict alone: a
+        leak there is the verdict; too few of them keeps the last leak verdict (noted); only
+        their own ``no_leak`` (or another kind) ends it.
+        """
+        if verdict.is_leak:
+            self._leak_seen_at = samples[-1].request if samples else None
+            return verdict
+        since, last = self._leak_seen_at, self._verdict
+        if since is None or last is None or not last.is_leak:
+            return verdict
+        after = [s for s in samples if s.request > since]
+        recheck = decide(after, warmup=0, min_growth=self._sampler.floor, find_detection=False)
+        if recheck.is_leak:
+            self._leak_seen_at = samples[-1].request
+            return recheck
+        if recheck.kind is VerdictKind.INCONCLUSIVE:
+            note = (f"the whole window now reads {verdict.kind.value} ({verdict.reason}), but the "
+                    f"{len(after)} samples since the leak was last seen cannot tell yet: the "
+                    f"leak verdict holds")
+            return replace(last, requests=verdict.requests,
+                           warnings=(*last.warnings[:4], note))
+        self._leak_seen_at = None
         return verdict
 
     def report(self, target: str = "Guard", *, wait_s: float | None = 60.0) -> Report:
@@ -408,8 +444,9 @@ class _Step:
         return self
 
     def __exit__(self, exc_type: object, error: BaseException | None, tb: object) -> None:
-        if self._tracking:  # issue 10: leave the diagnosis window's tracker first
-            self._guard._diagnosis.leave(self._tracking)  # type: ignore[union-attr]
+        tracked = self._tracking
+        if tracked:  # issue 10: leave the diagnosis window's tracker first
+            self._guard._diagnosis.leave(tracked)  # type: ignore[union-attr]
         if error is not None:  # the one test the error-free path pays
             self._guard._step_failed(error)
-        self._guard._end_step(self._started)
+        self._guard._end_step(self._started, tracked=bool(tracked))

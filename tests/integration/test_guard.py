@@ -65,17 +65,17 @@ CLEAN_POLLED_JOB = """
 import json, sys, torch
 from vramguard import Guard
 
-guard = Guard("cpu", overhead_budget=None)
+guard = Guard("cpu", overhead_budget=None, diagnose="never")
 model = torch.nn.Linear(64, 8)
 with torch.no_grad():
-    for step in range(400):
+    for step in range(600):
         with guard.step():
             model(torch.randn(16, 64)).sum()
         guard.verdict()  # a health check or a status page asks at every request
 samples = guard.samples
-# From step 100: a one-off jump of ~25 MB lands in one of steps 35-50 of this loop in some runs
-# (inside the model's forward, with or without vramguard's numpy priming; not explained).
-since = next(s for s in samples if s.request >= 100)
+# From step 200: a fresh process's own warm-up (and the transient verdicts it causes in the
+# first ~150 steps of a loop polled this densely) is over by then.
+since = next(s for s in samples if s.request >= 200)
 print(json.dumps({"verdict": guard.verdict().kind.value,
                   "grown": samples[-1].allocated - since.allocated}))
 """
@@ -84,14 +84,14 @@ print(json.dumps({"verdict": guard.verdict().kind.value,
 def test_asking_for_the_verdict_at_every_step_does_not_grow_the_heap_it_watches():
     # The guard's own analysis allocates numpy arrays sized by its sample count: numpy caches
     # the freed small buffers for good (and the route fit's NNLS keeps C memory per problem
-    # size), which grew the heap counter by ~100-1,000 B per verdict: a clean loop polled at
-    # every step read as a leak of the guard's own making. A fresh process, as a service is.
+    # size), which grew the heap counter by ~100-1,000 B per verdict. Measured over steps
+    # 200-600 of this job: 2-8 KiB as shipped, 20-28 KiB with numpy's cache left unprimed.
     done = subprocess.run([sys.executable, "-c", CLEAN_POLLED_JOB], capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["verdict"] == "no_leak", result
-    assert result["grown"] < 16 << 10, result  # under the heap counter's floor in 360 steps
+    assert result["grown"] < 12 << 10, result
 
 
 def test_track_decorates_sync_and_async_functions_and_counts_failures():
@@ -276,6 +276,52 @@ def test_another_thread_freeing_memory_does_not_fabricate_a_leak():
         with guard.step():
             torch.randn(64).sum()
     assert guard.verdict().kind is VerdictKind.NO_LEAK
+
+
+def test_a_large_free_in_the_middle_of_a_leak_does_not_end_the_leak_verdict():
+    # A real leak (4 KiB of tensors a step, on the real heap counter) and, at step 60, a 64 MiB
+    # drop from elsewhere (garbage from another part of the process collected): measured in a
+    # long-lived process, where such a drop turned the window's verdict into "no leak" 10 steps
+    # later. The leak verdict must hold while the samples after it cannot tell, and the samples
+    # after it, still rising, are a leak of their own.
+    real = _real_heap()
+    freed = [0]
+
+    def after_a_collection():
+        return real() - freed[0]
+
+    guard = Guard("cpu", overhead_budget=None, warmup=5, diagnose="never",
+                  sampler=Sampler(Device("cpu"), heap=HeapCounter(probe=after_a_collection)))
+    kept = []
+    kinds = []
+    for step in range(1, 121):
+        if step == 60:
+            freed[0] = 64 << 20
+        with guard.step():
+            kept.append(torch.ones(1024))  # 4 KiB a step
+        if step >= 50 and step % 5 == 0:
+            kinds.append(guard.verdict().kind)
+    assert kinds[0] is VerdictKind.LEAK
+    assert set(kinds) == {VerdictKind.LEAK}, kinds
+    growth = guard.verdict().growth
+    assert growth is not None
+    assert 4096 <= growth.bytes_per_request <= 1.5 * 4096  # the storage and its bookkeeping
+
+
+def test_a_leak_that_stops_is_let_go_once_the_samples_after_it_are_flat():
+    guard = Guard("cpu", overhead_budget=None, warmup=5, diagnose="never")
+    kept = []
+    kinds = []
+    for step in range(1, 401):
+        with guard.step():
+            if step <= 60:
+                kept.append(torch.ones(1024))  # 4 KiB a step, then the leak is fixed
+            else:
+                torch.ones(1024).sum()
+        if step % 20 == 0:
+            kinds.append(guard.verdict().kind)
+    assert kinds[2] is VerdictKind.LEAK, kinds
+    assert kinds[-1] is VerdictKind.NO_LEAK, kinds
 
 
 class _BrokenSampler(Sampler):
