@@ -36,6 +36,7 @@ from vramguard.readers.device import Device, resolve_device
 from vramguard.readers.rank import RankIdentity, read_identity
 from vramguard.readers.sampler import Sampler
 from vramguard.sampling import Budget, History
+from vramguard.units import format_bytes
 
 if TYPE_CHECKING:
     from vramguard.oom import OomWatch
@@ -111,7 +112,7 @@ class Guard:
         self._early: Census | None = None  # the diff's stand-in baseline before step 100
         self._baseline: Census | None = None
         self._verdict: Verdict | None = None
-        self._leak_seen_at: int | None = None  # the last request a leak verdict covered
+        self._leak_seen_at: Sample | None = None  # the newest sample of the last leak verdict
         self._verdict_key: tuple[int, int] = (-1, -1)
         # -- issue 10 (h10): the Guard explains itself; logic in vramguard.guard_diagnosis --------
         if diagnose not in ("auto", "never"):
@@ -375,32 +376,37 @@ class Guard:
         return verdict
 
     def _held(self, verdict: Verdict, samples: tuple[Sample, ...]) -> Verdict:
-        """A leak verdict holds until the samples taken after it say otherwise on their own.
+        """A leak verdict that a large free ended holds until the samples after it decide.
 
-        A verdict over the whole window can turn from ``leak`` for reasons other than the leak
-        ending: one large free in the recent half (a collection of garbage from elsewhere, a
-        cache dropped) flattens the level the run retains, and the window then reads "no leak"
-        while memory keeps rising (measured: a 6.6 MiB drop in a long-lived process turned a
-        +4.7 KiB/step leak into "no leak" 10 steps later). So once a leak was seen, a verdict
-        that is not a leak must be earned by the samples after the last leak verdict alone: a
-        leak there is the verdict; too few of them keeps the last leak verdict (noted); only
-        their own ``no_leak`` (or another kind) ends it.
+        A verdict over the whole window can turn from ``leak`` for a reason other than the leak
+        ending: one large free (garbage from elsewhere collected, a cache dropped) flattens the
+        level the run retains, and the window then reads "no leak" while memory keeps rising
+        (measured: a 6.6 MiB drop in a long-lived process turned a +4.7 KiB/step leak into
+        "no leak" 10 steps later). So when memory fell below its level at the last leak
+        verdict (by more than the signal's floor) and the window now says something else, the
+        samples since that verdict decide on their own: a leak there is the verdict, too few of
+        them keep the last leak verdict (noted), their own "no leak" ends it. Without such a
+        fall the window's verdict stands: a leak that slows down or stops is let go as before
+        (holding every transient leak verdict would keep a warm-up's false alarm for good).
         """
         if verdict.is_leak:
-            self._leak_seen_at = samples[-1].request if samples else None
+            self._leak_seen_at = samples[-1] if samples else None
             return verdict
-        since, last = self._leak_seen_at, self._verdict
-        if since is None or last is None or not last.is_leak:
+        seen, last = self._leak_seen_at, self._verdict
+        if seen is None or seen.allocated is None or last is None or not last.is_leak:
             return verdict
-        after = [s for s in samples if s.request > since]
+        after = [s for s in samples if s.request > seen.request]
+        lowest = min((s.allocated for s in after if s.allocated is not None), default=None)
+        if lowest is None or lowest >= seen.allocated - max(self._sampler.floor, 1024):
+            self._leak_seen_at = None
+            return verdict
         recheck = decide(after, warmup=0, min_growth=self._sampler.floor, find_detection=False)
-        if recheck.is_leak:
-            self._leak_seen_at = samples[-1].request
+        if recheck.is_leak:  # judged from the same anchor until the window agrees again
             return recheck
         if recheck.kind is VerdictKind.INCONCLUSIVE:
-            note = (f"the whole window now reads {verdict.kind.value} ({verdict.reason}), but the "
-                    f"{len(after)} samples since the leak was last seen cannot tell yet: the "
-                    f"leak verdict holds")
+            note = (f"memory fell by {format_bytes(seen.allocated - lowest)} since the leak was "
+                    f"last seen and the whole window now reads {verdict.kind.value}, but the "
+                    f"{len(after)} samples since cannot tell yet: the leak verdict holds")
             return replace(last, requests=verdict.requests,
                            warnings=(*last.warnings[:4], note))
         self._leak_seen_at = None
