@@ -354,6 +354,12 @@ class Guard:
         return self._sampler.floor
 
     @property
+    def signal_rate_floor(self) -> int:
+        """The least growth per step that can count as a leak (128 B for the CPU heap counter,
+        0 for exact signals); shown in the status."""
+        return self._sampler.rate_floor
+
+    @property
     def signal_note(self) -> str | None:
         """Why the CPU heap counter is not the signal (None when it is, and on accelerators):
         the census is then the signal, at the sparser cadence the budget affords."""
@@ -367,7 +373,8 @@ class Guard:
             key = (len(samples), samples[-1].request if samples else -1)
             if self._verdict is not None and key == self._verdict_key:
                 return self._verdict
-        verdict = decide(samples, warmup=self._warmup, min_growth=self._sampler.floor)
+        verdict = decide(samples, warmup=self._warmup, min_growth=self._sampler.floor,
+                         min_rate=self._sampler.rate_floor)
         verdict = self._held(verdict, samples)
         with self._lock:
             self._verdict, self._verdict_key = verdict, key
@@ -400,7 +407,8 @@ class Guard:
         if lowest is None or lowest >= seen.allocated - max(self._sampler.floor, 1024):
             self._leak_seen_at = None
             return verdict
-        recheck = decide(after, warmup=0, min_growth=self._sampler.floor, find_detection=False)
+        recheck = decide(after, warmup=0, min_growth=self._sampler.floor,
+                         min_rate=self._sampler.rate_floor, find_detection=False)
         if recheck.is_leak:  # judged from the same anchor until the window agrees again
             return recheck
         if recheck.kind is VerdictKind.INCONCLUSIVE:

@@ -68,8 +68,9 @@ def test_status_parsing() -> None:
     assert {v.name: (v.value, v.request, v.time) for v in parsed.values} == {
         "allocated": (7, 40, 1.5), "device_used": (9, 41, 2.5)}
     assert parsed.floor == 0  # an older server that states no floor
-    assert parse_status({"memory": {"allocated": 7, "floor_bytes": 16384}}, "u", 0, 0.0).floor \
-        == 16384
+    stated = parse_status({"memory": {"allocated": 7, "floor_bytes": 16384,
+                                      "floor_bytes_per_request": 128}}, "u", 0, 0.0)
+    assert (stated.floor, stated.rate_floor) == (16384, 128)
     with pytest.raises(EnvironmentProblem, match="without a 'memory' block"):
         parse_status({"openapi": "3.1"}, "http://h/s", 0, 0.0)
     with pytest.raises(EnvironmentProblem, match="without a 'memory' block"):

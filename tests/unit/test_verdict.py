@@ -147,6 +147,16 @@ def test_the_same_rate_clears_the_floor_in_a_longer_run() -> None:
     assert verdict.kind is VerdictKind.LEAK, verdict.reason
 
 
+def test_a_drift_under_the_rate_floor_is_inconclusive_however_long_the_run() -> None:
+    # 60 B/request: a clean training run's heap drift on a loaded machine (measured), ~35 KiB
+    # over 600 requests. Past the window floor, but under 128 B/request: not a leak, and not
+    # "no leak" either. A real tensor leak (>= ~300 B/request) clears it.
+    assert decide(_heap(60, 600), min_growth=HEAP_FLOOR).kind is VerdictKind.LEAK
+    drift = decide(_heap(60, 600), min_growth=HEAP_FLOOR, min_rate=128)
+    assert drift.kind is VerdictKind.INCONCLUSIVE, drift.reason
+    assert decide(_heap(400, 600), min_growth=HEAP_FLOOR, min_rate=128).kind is VerdictKind.LEAK
+
+
 @pytest.mark.parametrize("noise", [100.0, 2000.0])
 def test_a_flat_heap_is_no_leak_on_a_floored_signal(noise: float) -> None:
     for seed in SEEDS:

@@ -197,9 +197,11 @@ def status_document(web: WebGuard) -> dict[str, Any]:
         "requests": web.guard.requests,
         "in_flight": web.in_flight,
         "overhead": web.guard.overhead,
-        # floor_bytes: the least growth of ``allocated`` over a window that can count as a leak
-        # (the heap counter's floor on CPU), so a client judging these values applies it too.
-        "memory": {**_latest(web.guard.samples), "floor_bytes": web.guard.signal_floor},
+        # floor_bytes (per request): the least growth of ``allocated`` over a window (per request)
+        # that can count as a leak (the heap counter's floors on CPU), so a client judging these
+        # values applies them too.
+        "memory": {**_latest(web.guard.samples), "floor_bytes": web.guard.signal_floor,
+                   "floor_bytes_per_request": web.guard.signal_rate_floor},
         "health": {"healthy": health.healthy, "reason": health.reason,
                    "seconds_to_limit": _finite(health.seconds_to_limit)},
         "overall": _check("overall", device, web.verdict(), web.suspects()),

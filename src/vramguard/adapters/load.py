@@ -57,6 +57,7 @@ class Reading:
     time: float  # this process's monotonic clock, when the server tells no time of its own
     server_requests: int | None = None  # the server's own request count, when it says
     floor: int = 0  # the status's memory.floor_bytes: least window growth that can count
+    rate_floor: int = 0  # memory.floor_bytes_per_request: least growth per request
 
 
 MemoryReader = Callable[[int], Awaitable[Reading]]
@@ -77,6 +78,7 @@ class Freshness:
         self.stale = 0          # reads whose allocated value was a repeat
         self.dated = True       # every value came with read_at_request
         self.floor = 0          # the largest memory.floor_bytes the server stated
+        self.rate_floor = 0     # ... and memory.floor_bytes_per_request
         self._last: dict[str, tuple[Any, ...]] = {}
         self._points: dict[int, dict[str, Any]] = {}
 
@@ -85,6 +87,7 @@ class Freshness:
         fresh_allocated = False
         saw_allocated = False
         self.floor = max(self.floor, reading.floor)
+        self.rate_floor = max(self.rate_floor, reading.rate_floor)
         for value in reading.values:
             dated = value.request is not None
             self.dated = self.dated and dated
@@ -202,10 +205,14 @@ def parse_status(document: Any, status_url: str, completed: int, now: float) -> 
             values.append(Value(name, value, request if isinstance(request, int) else None,
                                 float(moment) if isinstance(moment, int | float) else None))
     count = document.get("requests")
-    floor = memory.get("floor_bytes")
     return Reading(completed, tuple(values), now,
                    count if isinstance(count, int) and not isinstance(count, bool) else None,
-                   floor if isinstance(floor, int) and not isinstance(floor, bool) else 0)
+                   _count(memory.get("floor_bytes")), _count(memory.get("floor_bytes_per_request")))
+
+
+def _count(value: Any) -> int:
+    # A non-negative integer the server stated, else 0 (an older server states none).
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def status_reader(client: httpx.AsyncClient, status_url: str) -> MemoryReader:

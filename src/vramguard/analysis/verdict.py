@@ -308,12 +308,15 @@ def decide(
     capacity_bytes: int | None = None,
     find_detection: bool = True,
     min_growth: float = 0.0,
+    min_rate: float = 0.0,
 ) -> Verdict:
     """The verdict over ``samples`` (one per request or step, in any order).
 
     ``warmup``: requests to ignore at the start (None: :func:`auto_warmup`). ``capacity_bytes``:
     what "full" means (None: the last sample's ``device_total``, else unknown).
     ``find_detection``: also find ``detected_after`` (a few more fits on prefixes).
+    ``min_rate``: the least growth per request that can count, on top (the floor over the
+    window is then at least ``min_rate`` times its span; the guard passes 128 B for the heap).
     ``min_growth``: the least growth of ``allocated`` over the window that can count as a leak
     (0 for exact series; the guard passes 16 KiB for the CPU heap counter, which also moves
     with Python's own allocations).
@@ -350,7 +353,8 @@ def decide(
         )
 
     warnings: list[str] = []
-    allocated = steady_growth(x, y, min_total=max(_METRICS[0].min_total, min_growth))
+    floor = max(_METRICS[0].min_total, min_growth, min_rate * float(x[-1] - x[0]))
+    allocated = steady_growth(x, y, min_total=floor)
     decided: tuple[_Metric, GrowthEvidence, np.ndarray, np.ndarray, np.ndarray] | None = None
     for metric in _METRICS:
         if metric is _METRICS[0]:
@@ -377,7 +381,6 @@ def decide(
     if decided is None:
         growth = _growth(allocated, t, y, end_used if end_used is not None else y[-1],
                          capacity_bytes)
-        floor = max(_METRICS[0].min_total, min_growth)
         doubt = _unearned_no_leak(allocated, floor)
         if doubt is not None:
             return replace(verdict(VerdictKind.INCONCLUSIVE, doubt, warnings=warnings,
@@ -387,7 +390,7 @@ def decide(
     metric, evidence, mx, mt, my = decided
     growth = _growth(evidence, mt, my, end_used if end_used is not None else my[-1],
                      capacity_bytes)
-    floor = max(metric.min_total, min_growth) if metric is _METRICS[0] else metric.min_total
+    floor = floor if metric is _METRICS[0] else metric.min_total
     detected = _detect(mx, my, floor) if find_detection else None
     return verdict(metric.kind, _reason(metric.kind, metric.name, evidence, int(mx[0]),
                                         int(mx[-1])),

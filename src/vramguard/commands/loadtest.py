@@ -215,7 +215,8 @@ def _judge(result: LoadResult, *, target: str, device: str, warm: int | None, as
             "allocated-memory value read during the load", hint=hint)
     samples = freshness.samples()
     resolved = auto_warmup(result.completed) if warm is None else warm
-    verdict = decide(samples, warmup=resolved, min_growth=freshness.floor)
+    verdict = decide(samples, warmup=resolved, min_growth=freshness.floor,
+                     min_rate=freshness.rate_floor)
     used = readings_after_warmup(samples, resolved)
     counted = (f"{freshness.fresh} fresh memory readings ({used} after the warm-up) of "
                f"{result.reads} reads; {freshness.stale} repeats of a value already seen ignored")

@@ -28,6 +28,14 @@ list or dict resized, an interned string, a cache filled): tens of KiB over a wi
 service. Every judge of a heap series (the guard, a route, ``loadtest``) applies this one floor,
 which the sampler owns and the status shows as ``memory.floor_bytes``."""
 
+RATE_FLOOR_BYTES = 128
+"""The least growth per step of a verdict's window that can count as a leak (with
+``WINDOW_FLOOR_BYTES``, the larger of the two): a clean Lightning run's heap drifts by 40-100 B
+per step over hundreds of steps on a loaded machine (measured), which a long window would
+otherwise sum past 16 KiB. The smallest thing a step can keep with a tensor costs more: a 0-dim
+CPU tensor's storage, TensorImpl and StorageImpl are ~300 B of C heap, and a retained graph
+several KiB. Growth under it is "inconclusive", never "no leak"."""
+
 REQUEST_FLOOR_BYTES = 1 << 10
 """The least bytes per request, between the reads just before and just after one request, that
 can count as that request's leak: the server's own per-request bookkeeping (a log record, a

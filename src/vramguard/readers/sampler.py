@@ -6,7 +6,7 @@ from vramguard.analysis.samples import Sample
 from vramguard.readers.allocator import AllocatorReader
 from vramguard.readers.census import Census, CensusTaker
 from vramguard.readers.device import Device
-from vramguard.readers.heap import WINDOW_FLOOR_BYTES, HeapCounter
+from vramguard.readers.heap import RATE_FLOOR_BYTES, WINDOW_FLOOR_BYTES, HeapCounter
 from vramguard.readers.process import ProcessReader
 
 HEAP_SIGNAL = "native heap in use (glibc mallinfo2)"
@@ -54,6 +54,12 @@ class Sampler:
         the heap counter's floor on CPU (see ``heap.WINDOW_FLOOR_BYTES``), 0 for the exact
         signals (allocator counters, the census), where the verdict's own 1 KiB minimum holds."""
         return WINDOW_FLOOR_BYTES if self._allocator is None and self.cheap else 0
+
+    @property
+    def rate_floor(self) -> int:
+        """The least growth per step that can count as a leak: the heap counter's on CPU (see
+        ``heap.RATE_FLOOR_BYTES``), 0 for the exact signals."""
+        return RATE_FLOOR_BYTES if self.floor else 0
 
     @property
     def fallback_reason(self) -> str | None:
