@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from vramguard.analysis.samples import Sample
-from vramguard.analysis.verdict import Verdict, VerdictKind, decide
+from vramguard.analysis.verdict import ALLOCATED_MIN_GROWTH, Verdict, VerdictKind, decide
 from vramguard.distributed.groups import GroupCounts
 from vramguard.guard_diagnosis import GuardDiagnosis, build_report
 from vramguard.readers import own
@@ -108,7 +108,6 @@ class Guard:
         self._heap_at_census: int | None = None
         self._last_allocated: int | None = None
         self._own_skips = 0
-        self._raw_before_own: int | None = None
         self._early: Census | None = None  # the diff's stand-in baseline before step 100
         self._baseline: Census | None = None
         self._verdict: Verdict | None = None
@@ -206,13 +205,13 @@ class Guard:
                 self._next_read = request + 1 + account.read_period()
                 return
             mine = self._mine()
-            if mine is not None and mine[0] and self._own_skips < _MAX_OWN_SKIPS:
+            if mine and self._own_skips < _MAX_OWN_SKIPS:
                 # vramguard's own diagnosis is on the heap now: no sample. Bounded, so a window
                 # whose steps never come (a service that went idle) cannot blind the guard.
                 self._own_skips += 1
                 self._next_read = request + 1 + account.read_period()
                 return
-            if mine is not None and not mine[0]:
+            if mine is False:
                 self._own_skips = 0
             census = self._census_if_due(request)
             started = _own_time()
@@ -271,12 +270,13 @@ class Guard:
             return None
         return self._take_census(groups=False, follow_graphs=True)
 
-    def _mine(self) -> tuple[bool, int] | None:
-        # Only the CPU heap counter sees vramguard's own allocations (allocator counters count
+    def _mine(self) -> bool | None:
+        # Whether vramguard's own diagnosis is on the heap now; None where it cannot matter: only
+        # the CPU heap counter sees vramguard's own allocations (allocator counters count
         # tensors, which a diagnosis does not make).
         if not self.device.is_cpu or not self._sampler.cheap:
             return None
-        return own.state()
+        return own.running()
 
     def _take_census(self, *, groups: bool, follow_graphs: bool) -> Census:
         started = _own_time()
@@ -404,7 +404,7 @@ class Guard:
             return verdict
         after = [s for s in samples if s.request > seen.request]
         lowest = min((s.allocated for s in after if s.allocated is not None), default=None)
-        if lowest is None or lowest >= seen.allocated - max(self._sampler.floor, 1024):
+        if lowest is None or lowest >= seen.allocated - max(self._sampler.floor, ALLOCATED_MIN_GROWTH):
             self._leak_seen_at = None
             return verdict
         recheck = decide(after, warmup=0, min_growth=self._sampler.floor,

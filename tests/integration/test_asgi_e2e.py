@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -57,18 +58,27 @@ def serve(options: str) -> tuple[subprocess.Popen[bytes], str]:
     raise AssertionError("server did not start within 60 s")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    # Dense reads (overhead_budget=None) so ~60 requests per route give verdicts; a 64 MiB limit
-    # that the leak (kB/request at hundreds of requests/s) is predicted to reach within the hour;
-    # short diagnosis windows (5 requests) to keep the test fast.
-    process, base = serve("device='cpu', overhead_budget=None, unhealthy_limit='64MiB', "
-                          "diagnose_requests=5")
+# Dense reads (overhead_budget=None) so ~60 requests per route give verdicts; a 64 MiB limit
+# that the leak (kB/request at hundreds of requests/s) is predicted to reach within the hour;
+# short diagnosis windows (5 requests) to keep the test fast.
+DIAGNOSED = "device='cpu', overhead_budget=None, unhealthy_limit='64MiB', diagnose_requests=5"
+
+
+@contextlib.contextmanager
+def serving(options: str) -> Iterator[str]:
+    """A server of the app with these middleware options, for the ``with`` block: its URL."""
+    process, base = serve(options)
     try:
         yield base
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with serving(DIAGNOSED) as base:
+        yield base
 
 
 def test_status_names_only_the_leaking_route_and_healthz_turns_503(server: str) -> None:

@@ -12,18 +12,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.test_asgi_e2e import CLEAN, LEAKY, diagnosed, serve
+from tests.integration.test_asgi_e2e import CLEAN, DIAGNOSED, LEAKY, diagnosed, serving
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    process, base = serve("device='cpu', overhead_budget=None, unhealthy_limit='64MiB', "
-                          "diagnose_requests=5")
-    try:
+    with serving(DIAGNOSED) as base:
         yield base
-    finally:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def test_top_suspect_under_concurrent_load_is_the_users_root(server: str) -> None:

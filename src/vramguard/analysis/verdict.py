@@ -170,12 +170,16 @@ class _Metric:
     min_total: float
 
 
+ALLOCATED_MIN_GROWTH = 1024.0
+"""The least growth of ``allocated`` over a window that can ever count (any signal's floor is at
+least this): byte-level jitter on a flat exact series is no leak."""
+
 # Priority order: the first that grows decides. Minimums: allocated is exact (the census) or
 # 512-byte granular, so 1 KiB over the window (byte-level jitter on a flat series is no leak);
 # reserved grows in >= 2 MiB segments; RSS and driver-level used memory move in pages and by
 # allocator whims, so a few MiB over the window before it counts.
 _METRICS = (
-    _Metric(VerdictKind.LEAK, "allocated memory", lambda s: s.allocated, 1024.0),
+    _Metric(VerdictKind.LEAK, "allocated memory", lambda s: s.allocated, ALLOCATED_MIN_GROWTH),
     _Metric(VerdictKind.NON_TORCH_GROWTH, "memory outside PyTorch", _outside_torch, 4 * _MIB),
     _Metric(VerdictKind.FRAGMENTATION, "inactive split memory", lambda s: s.inactive_split,
             2 * _MIB),

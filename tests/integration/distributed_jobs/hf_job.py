@@ -9,17 +9,15 @@ ended with (verdict, sharing state, the Trainer's logs; on rank 0 the last rank 
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import warnings
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
 
 import torch
 import transformers
+from _common import guard_options, job_arguments, log_records_to  # the sibling module
 
 from vramguard.transformers import VramGuardCallback
 
@@ -52,22 +50,11 @@ class Recorder(transformers.TrainerCallback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--check-every", type=int, default=10)
-    parser.add_argument("--leak-rank", type=int, default=-1)
-    parser.add_argument("--guard", action="append", default=[])
-    parser.add_argument("--on-leak", default="warn")
-    args = parser.parse_args()
-    guard = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.guard)}
+    args = job_arguments(share_option=False)
+    guard = guard_options(args.guard)
 
     rank = int(os.environ["RANK"])
-    records = (args.out / f"rank{rank}.log").open("w")
-    handler = logging.StreamHandler(records)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logging.getLogger("vramguard").addHandler(handler)
-    logging.getLogger("vramguard").setLevel(logging.INFO)
+    records = log_records_to(args.out, rank)
     warnings.simplefilter("ignore")  # the frameworks' advice on a tiny CPU run
 
     torch.manual_seed(0)

@@ -12,15 +12,13 @@ passes ``share=False``, ``--on-leak`` the action.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import warnings
-from pathlib import Path
 
 import lightning as L
 import torch
+from _common import guard_options, job_arguments, log_records_to  # the sibling module
 from torch.utils.data import DataLoader, TensorDataset
 
 from vramguard.lightning import VramGuardCallback
@@ -45,23 +43,11 @@ class Regressor(L.LightningModule):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--check-every", type=int, default=10)
-    parser.add_argument("--leak-rank", type=int, default=-1)
-    parser.add_argument("--guard", action="append", default=[])
-    parser.add_argument("--no-share", action="store_true")
-    parser.add_argument("--on-leak", default="warn")
-    args = parser.parse_args()
-    guard = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.guard)}
+    args = job_arguments(share_option=True)
+    guard = guard_options(args.guard)
 
     rank = int(os.environ.get("LOCAL_RANK", "0"))  # set by Lightning's launcher for rank 1
-    records = (args.out / f"rank{rank}.log").open("w")
-    handler = logging.StreamHandler(records)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logging.getLogger("vramguard").addHandler(handler)
-    logging.getLogger("vramguard").setLevel(logging.INFO)
+    records = log_records_to(args.out, rank)
     warnings.simplefilter("ignore")  # Lightning's tiny-run advice; the leak warning is logged too
 
     torch.manual_seed(rank)
