@@ -32,9 +32,9 @@ RATE_FLOOR_BYTES = 128
 """The least growth per step of a verdict's window that can count as a leak (with
 ``WINDOW_FLOOR_BYTES``, the larger of the two): a clean Lightning run's heap drifts by 40-100 B
 per step over hundreds of steps on a loaded machine (measured), which a long window would
-otherwise sum past 16 KiB. The smallest thing a step can keep with a tensor costs more: a 0-dim
-CPU tensor's storage, TensorImpl and StorageImpl are ~300 B of C heap, and a retained graph
-several KiB. Growth under it is "inconclusive", never "no leak"."""
+otherwise sum past 16 KiB. The smallest thing a step can keep with a tensor costs more: a kept
+0-dim or 1-element CPU tensor is 390-580 B of C heap (measured over 2,000 of them), a retained
+graph several KiB. Growth under it is "inconclusive", never "no leak"."""
 
 REQUEST_FLOOR_BYTES = 1 << 10
 """The least bytes per request, between the reads just before and just after one request, that
