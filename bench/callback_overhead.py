@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 HOOK_SECONDS: list[float] = []  # time spent inside the callback's hooks, per guarded run
+CHECKS: list[int] = []          # verdict checks the callback made, per guarded run
 
 
 def timed(callback: object, names: tuple[str, ...]) -> object:
@@ -91,6 +92,7 @@ def lightning_run(steps: int, guarded: bool) -> float:
     trainer.fit(MLP(), data)
     if guard is not None:
         _collect(guard)
+        CHECKS.append(guard.train.checks)  # type: ignore[attr-defined]
     return timer.elapsed
 
 
@@ -125,6 +127,7 @@ def transformers_run(steps: int, guarded: bool) -> float:
                              train_dataset=data, callbacks=callbacks).train()
     if guard is not None:
         _collect(guard)
+        CHECKS.append(guard.watch.checks)  # type: ignore[attr-defined]
     return timer.elapsed
 
 
@@ -138,6 +141,7 @@ def main() -> None:
                                          else transformers_run)
     run(20, True)  # imports and first-call costs out of the timed runs
     HOOK_SECONDS.clear()
+    CHECKS.clear()
     bare: list[float] = []
     guarded: list[float] = []
     for _ in range(args.rounds):
@@ -152,7 +156,8 @@ def main() -> None:
           f" (median of paired ratios {statistics.median(ratios):.4f}, target <= 1.05)")
     shares = [h / g for h, g in zip(HOOK_SECONDS, guarded, strict=True)]
     print(f"time inside the callback's hooks: median {statistics.median(shares) * 100:.2f}% of the "
-          f"guarded run ({statistics.median(HOOK_SECONDS) * 1e3:.0f} ms per run)")
+          f"guarded run ({statistics.median(HOOK_SECONDS) * 1e3:.0f} ms per run); verdict checks per "
+          f"run: {CHECKS}")
 
 
 if __name__ == "__main__":

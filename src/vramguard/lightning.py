@@ -6,7 +6,9 @@
 
 One Guard per rank (each process has its own callback) over training batches, one for validation;
 ``vramguard/allocated_bytes``, ``vramguard/growth_bytes_per_step`` and ``vramguard/leak`` go
-through the trainer's logger every ``check_every`` steps. On a leak, once the Guard's diagnosis
+to the trainer's loggers and ``trainer.callback_metrics`` at each verdict check: every
+``check_every`` steps, further apart when steps are so short that a check would cost more than 0.5%
+of the steps between two (:class:`~vramguard._training.CheckCadence`). On a leak, once the Guard's diagnosis
 window has explained it: a :class:`~vramguard._training.LeakWarning` with the report ("warn"),
 :class:`~vramguard.errors.LeakDetected` ("raise"), or ``trainer.should_stop`` ("stop"). With
 ``report=PATH`` the report (text, or HTML/JSON by the suffix) is written at the leak and at the
@@ -17,10 +19,10 @@ more than one process) each rank's training Guard shares its summary
 (:func:`vramguard.distributed.share`, woken at each check and at least every ``share_every``),
 and rank 0 reads the rank table at each check off the step path, logs it through the
 ``vramguard`` logger (a warning when a rank is newly flagged) and logs
-``vramguard/leaking_ranks`` (how many ranks are flagged) with ``rank_zero_only=True``. No
-collective is involved. ``share=False`` turns it off. ``on_leak="stop"`` stops every rank
-together: at each check the ranks vote (one small all-reduce, only with "stop"), since one rank
-leaving alone would kill the others at their next gradient all-reduce.
+``vramguard/leaking_ranks`` (how many ranks are flagged). No collective is involved.
+``share=False`` turns it off. ``on_leak="stop"`` stops every rank together: at each check the
+ranks vote (one small all-reduce, only with "stop"), since one rank leaving alone would kill the
+others at their next gradient all-reduce; the vote also agrees on the step of the next check.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 from typing import Any
 
 from vramguard._training import LeakWarning, TrainingWatch
-from vramguard.distributed.training import SHARE_EVERY
+from vramguard.distributed.training import SHARE_EVERY, stop_together
 
 try:  # the unified package first; the standalone one has the same Callback API
     from lightning.pytorch import Callback
@@ -48,8 +50,9 @@ __all__ = ["LeakWarning", "VramGuardCallback"]
 class VramGuardCallback(Callback):
     """Watch a Lightning run for memory leaks (see the module docstring).
 
-    ``on_leak``: "warn" | "raise" | "stop". ``log_metrics``: log the three metrics through
-    ``pl_module.log``. ``report``: a path for the report. ``check_every``: steps between verdicts.
+    ``on_leak``: "warn" | "raise" | "stop". ``log_metrics``: hand the three metrics to the
+    trainer's loggers and ``callback_metrics``. ``report``: a path for the report.
+    ``check_every``: the fewest steps between verdicts.
     ``device``: the Guard's device (None: the module's). Other keyword arguments go to the
     :class:`~vramguard.Guard` (``warmup``, ``diagnose``, ``diagnose_steps``, ``overhead_budget``).
     ``share``: share the training Guard's summary under a distributed run, and log the rank table
@@ -117,24 +120,36 @@ class VramGuardCallback(Callback):
     def _check(self, watch: TrainingWatch, trainer: Any, pl_module: Any, prefix: str) -> None:
         action = watch.check()
         if self.log_metrics:
-            for name, value in watch.metrics(prefix).items():
-                pl_module.log(name, value, on_step=True, on_epoch=False)
-            # Rank 0's alone: rank_zero_only says so, and keeps Lightning from expecting the
-            # key on every rank (divergent keys across ranks hang a synced log, Lightning#19106).
-            for name, value in watch.rank_metrics(prefix).items():
-                pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)
+            _hand_to_loggers(trainer, {**watch.metrics(prefix), **watch.rank_metrics(prefix)})
         if action is not None:
             self.report = watch.act(action)
-        if watch.on_leak != "stop":
-            return
-        stop = action == "stop"
-        if getattr(trainer, "world_size", 1) > 1:
+        spacing = watch.spacing()
+        if watch.on_leak == "stop":
             # One rank stopping alone kills the job at the others' next gradient all-reduce:
-            # every rank votes at every check, through Lightning's own reduction (as its
-            # EarlyStopping does). Why this collective is safe: distributed.training.stop_together.
-            stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
-        if stop:
-            trainer.should_stop = True
+            # every rank votes at every check, and agrees on the next check's step. Why this
+            # collective is safe: distributed.training.stop_together.
+            stop, spacing = stop_together(action == "stop", spacing,
+                                          getattr(trainer.strategy, "root_device", None))
+            if stop:
+                trainer.should_stop = True
+        watch.checked(spacing)
+
+
+def _hand_to_loggers(trainer: Any, metrics: dict[str, float]) -> None:
+    """Hand ``metrics`` to the trainer's loggers and its ``callback_metrics``, as
+    ``pl_module.log(on_step=True)`` would, without entering them in the run's result collection:
+    Lightning then reduces every logged key at every later step, which cost 5% of a 1 ms-step
+    run for three keys logged every 50 steps (``bench/callback_overhead.py``; an empty callback
+    costs 1%). The loggers write on rank 0 only (theirs is ``rank_zero_only``), so no rank waits
+    on another's keys (divergent keys across ranks hang a synced log, Lightning#19106)."""
+    import torch
+
+    step = trainer.global_step
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+    # The same dict ``callback_metrics`` returns at every call: callbacks such as EarlyStopping
+    # (monitor="vramguard/leak") read tensors from it.
+    trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
 
 
 def _device(pl_module: Any) -> str:

@@ -6,9 +6,10 @@
                       callbacks=[VramGuardCallback(on_leak="stop", report="leak.html")])
 
 The same options and behaviour as :mod:`vramguard.lightning`: each optimizer step
-(``on_step_begin``/``on_step_end``) is a Guard step; every ``check_every`` steps a verdict; the
-metrics join the Trainer's logs in ``on_log`` (so every ``report_to`` integration gets them); on
-an explained leak a warning ("warn"), :class:`~vramguard.errors.LeakDetected` ("raise") or
+(``on_step_begin``/``on_step_end``) is a Guard step; every ``check_every`` steps a verdict (further
+apart at sub-millisecond steps: see :class:`~vramguard._training.CheckCadence`); the metrics
+join the Trainer's logs in ``on_log`` (so every ``report_to`` integration gets them); on an
+explained leak a warning ("warn"), :class:`~vramguard.errors.LeakDetected` ("raise") or
 ``control.should_training_stop`` ("stop"); the report (text, HTML or JSON by suffix) at the leak
 and at the end of training. Needs ``pip install 'vramguard[transformers]'``.
 
@@ -43,7 +44,7 @@ class VramGuardCallback(TrainerCallback):
     """Watch a Hugging Face Trainer run for memory leaks (see the module docstring).
 
     ``on_leak``: "warn" | "raise" | "stop". ``log_metrics``: add ``vramguard/*`` to the logs.
-    ``report``: a path for the report. ``check_every``: steps between verdicts. ``device``: the
+    ``report``: a path for the report. ``check_every``: the fewest steps between verdicts. ``device``: the
     Guard's device (None: the model's). ``share``/``share_every``: as in
     :class:`vramguard.lightning.VramGuardCallback`; ``self.watch.sharing.latest`` is rank 0's
     latest table. Other keyword arguments go to the :class:`~vramguard.Guard`.
@@ -78,9 +79,13 @@ class VramGuardCallback(TrainerCallback):
             action = self.watch.check()
             if action is not None:
                 self.report = self.watch.act(action)
-            if self.watch.on_leak == "stop" and stop_together(action == "stop",
-                                                              getattr(args, "device", None)):
-                control.should_training_stop = True
+            spacing = self.watch.spacing()
+            if self.watch.on_leak == "stop":
+                stop, spacing = stop_together(action == "stop", spacing,
+                                              getattr(args, "device", None))
+                if stop:
+                    control.should_training_stop = True
+            self.watch.checked(spacing)
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,

@@ -9,6 +9,7 @@ training. Bounded by the subprocess timeout.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -112,6 +113,21 @@ def test_stop_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
     # short window can read its ~0.6 KiB/step of native growth as a leak (seen once in the HF
     # run: +651 B/step over steps 120..150); the full-length runs above assert it.
     assert 1 in ranks[0]["table"]["leaking_ranks"]
+
+
+def test_at_default_settings_stop_keeps_every_ranks_checks_at_the_same_steps(
+        tmp_path: Path) -> None:
+    # At defaults the checks are spaced by their measured cost (CheckCadence), which differs
+    # per rank; the stop vote agrees on the largest proposal. Were the ranks to check at
+    # different steps, one rank's vote would meet the other's gradient all-reduce: a hang or
+    # a crash, which run() turns into a failure (bounded by its timeout).
+    ranks = run(tmp_path, "--leak-rank", "1", "--on-leak", "stop", guard=())
+    zero, one = ranks[0], ranks[1]
+    assert zero["steps"] == one["steps"]
+    assert zero["checked_at"] == one["checked_at"]
+    gaps = [b - a for a, b in itertools.pairwise(zero["checked_at"])]
+    assert gaps, zero["checked_at"]
+    assert max(gaps) > 10, zero["checked_at"]            # spaced past check_every (10)
 
 
 def test_hf_trainer_under_torchrun_names_the_leaking_rank_1(tmp_path: Path) -> None:

@@ -40,10 +40,10 @@ class Verdicts(L.Callback):  # what the callback itself decided at each of its c
         self.callback, self.seen = callback, []
 
     def on_train_batch_end(self, trainer, module, *args):
-        # After the callback's own hook: its check every 50 steps set train.verdict.
-        verdict = self.callback.train.verdict
-        if trainer.global_step % 50 == 0 and verdict is not None:
-            self.seen.append((trainer.global_step, verdict.kind.value))
+        # After the callback's own hook: a check there set train.verdict.
+        train = self.callback.train
+        if train.checks > len(self.seen):
+            self.seen.append((trainer.global_step, train.verdict.kind.value))
 
 steps = 600
 torch.manual_seed(0)
@@ -65,7 +65,9 @@ def test_a_clean_run_at_defaults_is_never_called_a_leak() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     kinds = [kind for _, kind in result["checks"]]
-    assert len(kinds) >= 10, result  # the callback checks every 50 steps
+    # Every 50 steps at the least; further apart where a check costs more than 0.5% of the
+    # steps between two (at this ~1 ms step: 100-400 steps apart).
+    assert len(kinds) >= 2, result
     assert "leak" not in kinds, result
     # Most runs end "no_leak" (200-270 samples); some end "inconclusive" (~50 samples: the
     # grouped census in a process with Lightning loaded costs ~0.5 s, which the 1% budget

@@ -5,7 +5,8 @@ every step's output with its graph (``self.history.append(out)``: 64x64 float32,
 step); the other rank keeps the loss as a number (``loss.item()``), the fix. The callback
 shares on its own (nothing here calls ``vramguard.distributed``). Each rank writes the
 ``vramguard`` log records it emitted to ``--out``/rank{N}.log and what its callback ended with
-(verdict, sharing state, metrics; on rank 0 the last rank table) to ``--out``/rank{N}.json.
+(verdict, sharing state, metrics, the steps it checked at; on rank 0 the last rank table) to
+``--out``/rank{N}.json.
 ``--guard KEY=VALUE`` sets a Guard option (the callback's defaults otherwise); ``--no-share``
 passes ``share=False``, ``--on-leak`` the action.
 """
@@ -42,6 +43,17 @@ class Regressor(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+class Checks(L.Callback):
+    """Records the steps at which the vramguard callback (registered before it) checked."""
+
+    def __init__(self, callback: VramGuardCallback) -> None:
+        self.callback, self.at = callback, []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.callback.train.checks > len(self.at):
+            self.at.append(self.callback.train.steps)
+
+
 def main() -> None:
     args = job_arguments(share_option=True)
     guard = guard_options(args.guard)
@@ -56,9 +68,10 @@ def main() -> None:
                       batch_size=64)
     callback = VramGuardCallback(args.on_leak, check_every=args.check_every,
                                  share=not args.no_share, **guard)
+    checks = Checks(callback)
     trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback])
+                        enable_model_summary=False, callbacks=[callback, checks])
     trainer.fit(Regressor(leak=trainer.global_rank == args.leak_rank), data)
 
     sharing = callback.train.sharing
@@ -67,7 +80,7 @@ def main() -> None:
             "steps": callback.train.guard.requests, "shared": sharing is not None,
             "sharer_running": sharing is not None and sharing.sharer.running,
             "series": [(s.request, s.allocated) for s in callback.train.guard.samples],
-            "reason": None if verdict is None else verdict.reason,
+            "reason": None if verdict is None else verdict.reason, "checked_at": checks.at,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
     if sharing is not None and sharing.latest is not None:
         mine["table"] = sharing.latest.to_dict()
