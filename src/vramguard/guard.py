@@ -26,8 +26,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from vramguard.analysis.floor import Floor
+from vramguard.analysis.keeper import Keeper
 from vramguard.analysis.samples import Sample
-from vramguard.analysis.verdict import ALLOCATED_MIN_GROWTH, Verdict, VerdictKind, decide
+from vramguard.analysis.verdict import Verdict, decide
 from vramguard.distributed.groups import GroupCounts
 from vramguard.guard_diagnosis import GuardDiagnosis, build_report
 from vramguard.readers import own
@@ -36,7 +38,6 @@ from vramguard.readers.device import Device, resolve_device
 from vramguard.readers.rank import RankIdentity, read_identity
 from vramguard.readers.sampler import Sampler
 from vramguard.sampling import Budget, History
-from vramguard.units import format_bytes
 
 if TYPE_CHECKING:
     from vramguard.oom import OomWatch
@@ -111,7 +112,7 @@ class Guard:
         self._early: Census | None = None  # the diff's stand-in baseline before step 100
         self._baseline: Census | None = None
         self._verdict: Verdict | None = None
-        self._leak_seen_at: Sample | None = None  # the newest sample of the last leak verdict
+        self._keeper = Keeper(self._sampler.floor)  # holds a leak verdict while it goes on
         self._verdict_key: tuple[int, int] = (-1, -1)
         # -- issue 10 (h10): the Guard explains itself; logic in vramguard.guard_diagnosis --------
         if diagnose not in ("auto", "never"):
@@ -348,16 +349,11 @@ class Guard:
         return self._sampler.signal
 
     @property
-    def signal_floor(self) -> int:
-        """The least growth of the signal over the verdict's window that can count as a leak
-        (16 KiB for the CPU heap counter, 0 for exact signals); shown in the status."""
+    def signal_floor(self) -> Floor:
+        """The least growth of the signal that can count as a leak, over the verdict's window and
+        per step (16 KiB and 128 B for the CPU heap counter, none for exact signals); shown in
+        the status as ``memory.floor_bytes`` and ``memory.floor_bytes_per_request``."""
         return self._sampler.floor
-
-    @property
-    def signal_rate_floor(self) -> int:
-        """The least growth per step that can count as a leak (128 B for the CPU heap counter,
-        0 for exact signals); shown in the status."""
-        return self._sampler.rate_floor
 
     @property
     def signal_note(self) -> str | None:
@@ -373,51 +369,16 @@ class Guard:
             key = (len(samples), samples[-1].request if samples else -1)
             if self._verdict is not None and key == self._verdict_key:
                 return self._verdict
-        verdict = decide(samples, warmup=self._warmup, min_growth=self._sampler.floor,
-                         min_rate=self._sampler.rate_floor)
-        verdict = self._held(verdict, samples)
+        floor = self._sampler.floor  # it changes once, if the heap counter fails mid-run
+        verdict = decide(samples, warmup=self._warmup, floor=floor)
+        # A leak verdict does not flap while the leak goes on (see vramguard.analysis.keeper);
+        # outside the lock, as decide(): a recheck costs milliseconds, which reads must not wait.
+        keeper = self._keeper if self._keeper.floor == floor else replace(self._keeper, floor=floor)
+        keeper, verdict = keeper.keep(verdict, samples)
         with self._lock:
-            self._verdict, self._verdict_key = verdict, key
+            self._keeper, self._verdict, self._verdict_key = keeper, verdict, key
         if verdict.is_leak and self._diagnosis is not None:  # issue 10: open the window once
             self._diagnosis.saw_leak(self)
-        return verdict
-
-    def _held(self, verdict: Verdict, samples: tuple[Sample, ...]) -> Verdict:
-        """A leak verdict that a large free ended holds until the samples after it decide.
-
-        A verdict over the whole window can turn from ``leak`` for a reason other than the leak
-        ending: one large free (garbage from elsewhere collected, a cache dropped) flattens the
-        level the run retains, and the window then reads "no leak" while memory keeps rising
-        (measured: a 6.6 MiB drop in a long-lived process turned a +4.7 KiB/step leak into
-        "no leak" 10 steps later). So when memory fell below its level at the last leak
-        verdict (by more than the signal's floor) and the window now says something else, the
-        samples since that verdict decide on their own: a leak there is the verdict, too few of
-        them keep the last leak verdict (noted), their own "no leak" ends it. Without such a
-        fall the window's verdict stands: a leak that slows down or stops is let go as before
-        (holding every transient leak verdict would keep a warm-up's false alarm for good).
-        """
-        if verdict.is_leak:
-            self._leak_seen_at = samples[-1] if samples else None
-            return verdict
-        seen, last = self._leak_seen_at, self._verdict
-        if seen is None or seen.allocated is None or last is None or not last.is_leak:
-            return verdict
-        after = [s for s in samples if s.request > seen.request]
-        lowest = min((s.allocated for s in after if s.allocated is not None), default=None)
-        if lowest is None or lowest >= seen.allocated - max(self._sampler.floor, ALLOCATED_MIN_GROWTH):
-            self._leak_seen_at = None
-            return verdict
-        recheck = decide(after, warmup=0, min_growth=self._sampler.floor,
-                         min_rate=self._sampler.rate_floor, find_detection=False)
-        if recheck.is_leak:  # judged from the same anchor until the window agrees again
-            return recheck
-        if recheck.kind is VerdictKind.INCONCLUSIVE:
-            note = (f"memory fell by {format_bytes(seen.allocated - lowest)} since the leak was "
-                    f"last seen and the whole window now reads {verdict.kind.value}, but the "
-                    f"{len(after)} samples since cannot tell yet: the leak verdict holds")
-            return replace(last, requests=verdict.requests,
-                           warnings=(*last.warnings[:4], note))
-        self._leak_seen_at = None
         return verdict
 
     def report(self, target: str = "Guard", *, wait_s: float | None = 60.0) -> Report:

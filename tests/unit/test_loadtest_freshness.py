@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from vramguard.adapters.load import Freshness, LoadPlan, LoadResult, Reading, Value, parse_status
+from vramguard.analysis.floor import Floor
 from vramguard.commands._evidence import requests_needed
 from vramguard.commands.loadtest import _judge
 from vramguard.errors import EnvironmentProblem
@@ -67,10 +68,10 @@ def test_status_parsing() -> None:
     assert parsed.server_requests == 42
     assert {v.name: (v.value, v.request, v.time) for v in parsed.values} == {
         "allocated": (7, 40, 1.5), "device_used": (9, 41, 2.5)}
-    assert parsed.floor == 0  # an older server that states no floor
+    assert parsed.floor == Floor(0, 0)  # an older server that states no floor
     stated = parse_status({"memory": {"allocated": 7, "floor_bytes": 16384,
                                       "floor_bytes_per_request": 128}}, "u", 0, 0.0)
-    assert (stated.floor, stated.rate_floor) == (16384, 128)
+    assert stated.floor == Floor(16384, 128)
     with pytest.raises(EnvironmentProblem, match="without a 'memory' block"):
         parse_status({"openapi": "3.1"}, "http://h/s", 0, 0.0)
     with pytest.raises(EnvironmentProblem, match="without a 'memory' block"):
@@ -126,7 +127,7 @@ def test_the_servers_floor_is_applied_to_its_readings(capsys: pytest.CaptureFixt
         fresh = Freshness(base=0)
         for request in range(120):
             value = Value("allocated", 50_000_000 + 100 * request, request, float(request))
-            fresh.add(Reading(request + 1, (value,), float(request), None, floor))
+            fresh.add(Reading(request + 1, (value,), float(request), None, Floor(floor)))
         result = LoadResult(freshness=fresh, completed=120, statuses={"200": 120}, reads=120)
         return _judge(result, target="GET u", device="server", warm=None, as_json=False,
                       quiet=True, status="u")

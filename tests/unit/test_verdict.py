@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit import series
+from vramguard.analysis.floor import Floor
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import (
     Growth,
@@ -126,7 +127,7 @@ def test_the_floor_leaves_every_look_alike_a_no_leak(scenario: series.Scenario,
                                                       seed: int) -> None:
     # Caches, sawtooths, GC cycles and noise earn their "no leak" on a floored signal too: the
     # floor only doubts growth that is steady on every other test.
-    assert decide(scenario.make(seed, 300), min_growth=HEAP_FLOOR).kind is scenario.expected
+    assert decide(scenario.make(seed, 300), floor=Floor(HEAP_FLOOR)).kind is scenario.expected
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -134,7 +135,7 @@ def test_steady_growth_under_the_floor_is_inconclusive_not_no_leak(seed: int) ->
     # 50 B/request over 270 post-warm-up requests: ~13 KiB, steady, under the 16 KiB floor.
     # The same series without a floor is a leak; with it, neither verdict is earned.
     assert decide(_heap(50, 300, seed=seed)).kind is VerdictKind.LEAK
-    verdict = decide(_heap(50, 300, seed=seed), min_growth=HEAP_FLOOR)
+    verdict = decide(_heap(50, 300, seed=seed), floor=Floor(HEAP_FLOOR))
     assert verdict.kind is VerdictKind.INCONCLUSIVE, verdict.reason
     assert "16.0 KiB" in verdict.reason
     assert "a longer run would tell" in verdict.reason
@@ -143,7 +144,7 @@ def test_steady_growth_under_the_floor_is_inconclusive_not_no_leak(seed: int) ->
 
 
 def test_the_same_rate_clears_the_floor_in_a_longer_run() -> None:
-    verdict = decide(_heap(50, 1000), min_growth=HEAP_FLOOR)
+    verdict = decide(_heap(50, 1000), floor=Floor(HEAP_FLOOR))
     assert verdict.kind is VerdictKind.LEAK, verdict.reason
 
 
@@ -151,17 +152,17 @@ def test_a_drift_under_the_rate_floor_is_inconclusive_however_long_the_run() -> 
     # 60 B/request: a clean training run's heap drift on a loaded machine (measured), ~35 KiB
     # over 600 requests. Past the window floor, but under 128 B/request: not a leak, and not
     # "no leak" either. A real tensor leak (>= ~300 B/request) clears it.
-    assert decide(_heap(60, 600), min_growth=HEAP_FLOOR).kind is VerdictKind.LEAK
-    drift = decide(_heap(60, 600), min_growth=HEAP_FLOOR, min_rate=128)
+    assert decide(_heap(60, 600), floor=Floor(HEAP_FLOOR)).kind is VerdictKind.LEAK
+    drift = decide(_heap(60, 600), floor=Floor(HEAP_FLOOR, 128))
     assert drift.kind is VerdictKind.INCONCLUSIVE, drift.reason
-    assert decide(_heap(400, 600), min_growth=HEAP_FLOOR, min_rate=128).kind is VerdictKind.LEAK
+    assert decide(_heap(400, 600), floor=Floor(HEAP_FLOOR, 128)).kind is VerdictKind.LEAK
 
 
 @pytest.mark.parametrize("noise", [100.0, 2000.0])
 def test_a_flat_heap_is_no_leak_on_a_floored_signal(noise: float) -> None:
     for seed in SEEDS:
         assert decide(_heap(0, 300, noise=noise, seed=seed),
-                      min_growth=HEAP_FLOOR).kind is VerdictKind.NO_LEAK
+                      floor=Floor(HEAP_FLOOR)).kind is VerdictKind.NO_LEAK
 
 
 # --- the other kinds ------------------------------------------------------------------------------

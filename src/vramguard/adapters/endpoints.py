@@ -176,6 +176,7 @@ def status_document(web: WebGuard) -> dict[str, Any]:
     device = str(web.guard.device)
     health = web.health()
     attribution = web.attribution()
+    floor = web.guard.signal_floor
     routes = []
     for counts in web.routes():
         routes.append({
@@ -200,8 +201,8 @@ def status_document(web: WebGuard) -> dict[str, Any]:
         # floor_bytes (per request): the least growth of ``allocated`` over a window (per request)
         # that can count as a leak (the heap counter's floors on CPU), so a client judging these
         # values applies them too.
-        "memory": {**_latest(web.guard.samples), "floor_bytes": web.guard.signal_floor,
-                   "floor_bytes_per_request": web.guard.signal_rate_floor},
+        "memory": {**_latest(web.guard.samples), "floor_bytes": floor.window_bytes,
+                   "floor_bytes_per_request": floor.bytes_per_step},
         "health": {"healthy": health.healthy, "reason": health.reason,
                    "seconds_to_limit": _finite(health.seconds_to_limit)},
         "overall": _check("overall", device, web.verdict(), web.suspects()),

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from vramguard.analysis.floor import EXACT, Floor
 from vramguard.analysis.samples import Sample
 from vramguard.errors import EnvironmentProblem, NvmlError
 
@@ -56,8 +57,7 @@ class Reading:
     values: tuple[Value, ...]
     time: float  # this process's monotonic clock, when the server tells no time of its own
     server_requests: int | None = None  # the server's own request count, when it says
-    floor: int = 0  # the status's memory.floor_bytes: least window growth that can count
-    rate_floor: int = 0  # memory.floor_bytes_per_request: least growth per request
+    floor: Floor = EXACT  # the status's memory.floor_bytes and memory.floor_bytes_per_request
 
 
 MemoryReader = Callable[[int], Awaitable[Reading]]
@@ -77,8 +77,7 @@ class Freshness:
         self.fresh = 0          # fresh readings of allocated memory (what the verdict needs)
         self.stale = 0          # reads whose allocated value was a repeat
         self.dated = True       # every value came with read_at_request
-        self.floor = 0          # the largest memory.floor_bytes the server stated
-        self.rate_floor = 0     # ... and memory.floor_bytes_per_request
+        self.floor = EXACT      # the widest floor the server stated
         self._last: dict[str, tuple[Any, ...]] = {}
         self._points: dict[int, dict[str, Any]] = {}
 
@@ -86,8 +85,7 @@ class Freshness:
         """Record a read; True when it brought a fresh allocated-memory value."""
         fresh_allocated = False
         saw_allocated = False
-        self.floor = max(self.floor, reading.floor)
-        self.rate_floor = max(self.rate_floor, reading.rate_floor)
+        self.floor = self.floor.widest(reading.floor)
         for value in reading.values:
             dated = value.request is not None
             self.dated = self.dated and dated
@@ -207,7 +205,8 @@ def parse_status(document: Any, status_url: str, completed: int, now: float) -> 
     count = document.get("requests")
     return Reading(completed, tuple(values), now,
                    count if isinstance(count, int) and not isinstance(count, bool) else None,
-                   _count(memory.get("floor_bytes")), _count(memory.get("floor_bytes_per_request")))
+                   Floor(_count(memory.get("floor_bytes")),
+                         _count(memory.get("floor_bytes_per_request"))))
 
 
 def _count(value: Any) -> int:

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from vramguard.adapters.attribution import NO_LEAK_MAX, Call, RouteEstimate
+from vramguard.analysis.floor import Floor
+from vramguard.analysis.keeper import Keeper
 from vramguard.analysis.samples import Sample, SampleStore
 from vramguard.analysis.verdict import Growth, Verdict, VerdictKind, decide
 from vramguard.units import format_bytes
@@ -70,6 +73,9 @@ class _Route:
     samples: SampleStore = field(default_factory=lambda: SampleStore(512))
     verdict: Verdict | None = None
     verdict_key: int = -1
+    # Holds the route's leak verdict while the process's memory keeps growing (own=False: the
+    # samples it reads are the process's, the verdict is the route's).
+    keeper: Keeper = field(default_factory=lambda: Keeper(own=False))
 
 
 class RouteBook:
@@ -163,6 +169,26 @@ class RouteBook:
         if route.verdict is None or key != route.verdict_key:
             route.verdict, route.verdict_key = decide(route.samples.samples), key
         return route.verdict
+
+
+    def holding(self, name: str) -> bool:
+        """Whether the route's keeper holds a leak verdict (it then needs the samples)."""
+        keeper = self._routes[name].keeper
+        return keeper.seen is not None and keeper.last is not None and keeper.last.is_leak
+
+    def kept(self, name: str, verdict: Verdict, samples: Sequence[Sample],
+             floor: Floor) -> Verdict:
+        """The route's verdict to show, from its fresh one (``combine``'s) through the route's
+        :class:`~vramguard.analysis.keeper.Keeper`: a leak verdict holds while the route's own
+        data cannot tell and the process's memory (``samples``, with the signal's ``floor``)
+        keeps growing since the route's leak was last seen; the route's own "no leak" ends it.
+        """
+        route = self._routes[name]
+        keeper = route.keeper
+        if keeper.floor != floor:
+            keeper = replace(keeper, floor=floor)
+        route.keeper, shown = keeper.keep(verdict, samples)
+        return shown
 
 
 def _clip_range(recent: deque[int]) -> tuple[float, float] | None:

@@ -316,14 +316,21 @@ class WebGuard:
 
     def route_verdict(self, route: str, *, fresh: bool = True) -> Verdict:
         """The verdict of one route (KeyError for a route never seen): from its exactly measured
-        requests and from the attribution windows, see :func:`~vramguard.adapters.routes.combine`."""
+        requests and from the attribution windows, see :func:`~vramguard.adapters.routes.combine`;
+        a leak verdict holds while the process's memory keeps growing and the route's data
+        cannot tell (see :mod:`vramguard.analysis.keeper`)."""
         with self._lock:
             exact = self._routes.verdict(route)
             requests = self._routes.counts(route).requests
             upper = self._routes.upper(route)
-        return combine(exact, self.attribution(fresh=fresh).route(route), requests,
-                       floor=self._counter.request_floor,
-                       upper=upper)
+            holding = self._routes.holding(route)
+        verdict = combine(exact, self.attribution(fresh=fresh).route(route), requests,
+                          floor=self._counter.request_floor, upper=upper)
+        # Held while the process keeps growing (RouteBook.kept); the process's samples are
+        # built only when the keeper reads them (a leak to note, or a leak it holds).
+        samples = self.guard.samples if verdict.is_leak or holding else ()
+        with self._lock:
+            return self._routes.kept(route, verdict, samples, self.guard.signal_floor)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
         """One route's suspects once a diagnosis window on it finished (opened by its leak

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from vramguard.analysis.floor import EXACT, Floor
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.steady_growth import MIN_POINTS, GrowthEvidence, steady_growth
 from vramguard.analysis.trend import fit_trend, time_to_reach
@@ -311,19 +312,17 @@ def decide(
     warmup: int | None = None,
     capacity_bytes: int | None = None,
     find_detection: bool = True,
-    min_growth: float = 0.0,
-    min_rate: float = 0.0,
+    floor: Floor = EXACT,
 ) -> Verdict:
     """The verdict over ``samples`` (one per request or step, in any order).
 
     ``warmup``: requests to ignore at the start (None: :func:`auto_warmup`). ``capacity_bytes``:
     what "full" means (None: the last sample's ``device_total``, else unknown).
     ``find_detection``: also find ``detected_after`` (a few more fits on prefixes).
-    ``min_rate``: the least growth per request that can count, on top (the floor over the
-    window is then at least ``min_rate`` times its span; the guard passes 128 B for the heap).
-    ``min_growth``: the least growth of ``allocated`` over the window that can count as a leak
-    (0 for exact series; the guard passes 16 KiB for the CPU heap counter, which also moves
-    with Python's own allocations).
+    ``floor``: the signal's :class:`~vramguard.analysis.floor.Floor`, the least growth of
+    ``allocated`` over the window (and per request of it) that can count as a leak (none for
+    exact series; the sampler's for the CPU heap counter, 16 KiB and 128 B/request, which also
+    moves with Python's own allocations).
     Cost: a few ms on 300 samples; fits are subsampled so 1000 samples cost about the same.
     """
     ordered = sorted(samples, key=lambda s: s.request)
@@ -357,8 +356,8 @@ def decide(
         )
 
     warnings: list[str] = []
-    floor = max(_METRICS[0].min_total, min_growth, min_rate * float(x[-1] - x[0]))
-    allocated = steady_growth(x, y, min_total=floor)
+    least = max(_METRICS[0].min_total, floor.over(float(x[-1] - x[0])))
+    allocated = steady_growth(x, y, min_total=least)
     decided: tuple[_Metric, GrowthEvidence, np.ndarray, np.ndarray, np.ndarray] | None = None
     for metric in _METRICS:
         if metric is _METRICS[0]:
@@ -385,17 +384,17 @@ def decide(
     if decided is None:
         growth = _growth(allocated, t, y, end_used if end_used is not None else y[-1],
                          capacity_bytes)
-        doubt = _unearned_no_leak(allocated, floor)
+        doubt = _unearned_no_leak(allocated, least)
         if doubt is not None:
             return replace(verdict(VerdictKind.INCONCLUSIVE, doubt, warnings=warnings,
-                                   growth=growth, values=y), below_floor=True, floor=floor)
+                                   growth=growth, values=y), below_floor=True, floor=least)
         return verdict(VerdictKind.NO_LEAK, _no_leak_reason(allocated, int(x[0]), int(x[-1])),
                        warnings=warnings, growth=growth, values=y)
     metric, evidence, mx, mt, my = decided
     growth = _growth(evidence, mt, my, end_used if end_used is not None else my[-1],
                      capacity_bytes)
-    floor = floor if metric is _METRICS[0] else metric.min_total
-    detected = _detect(mx, my, floor) if find_detection else None
+    least = least if metric is _METRICS[0] else metric.min_total
+    detected = _detect(mx, my, least) if find_detection else None
     return verdict(metric.kind, _reason(metric.kind, metric.name, evidence, int(mx[0]),
                                         int(mx[-1])),
                    warnings=warnings, growth=growth, values=my, detected=detected)

@@ -29,10 +29,16 @@ from vramguard.errors import (
 from vramguard.units import parse_interval
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from vramguard.adapters.load import LoadResult
+    from vramguard.analysis.floor import Floor
+    from vramguard.analysis.samples import Sample
+    from vramguard.analysis.verdict import Verdict
 
 # More failed than answered: whatever memory did, it was not the endpoint's work being measured.
 _MOST = 0.5
+_LOOKS = 10  # how often the verdict is judged over the load (see judged_over_time)
 
 
 def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -183,10 +189,29 @@ def loadtest(url: str, method: str, headers: tuple[str, ...], body_file: Path | 
                   as_json=as_json, quiet=quiet, status=status if pid is None else None)
 
 
+def judged_over_time(samples: Sequence[Sample], *, warmup: int, floor: Floor,
+                     looks: int = _LOOKS) -> Verdict:
+    """The verdict over ``samples`` as one watching the load would have kept it: judged after
+    each ``1/looks`` of the readings and at the end, through one
+    :class:`~vramguard.analysis.keeper.Keeper`, so a leak the load showed is not lost to a large
+    free (or a stretch the window cannot tell) near its end. Bounded by the readings, not the
+    clock: the same readings give the same verdict. Pure."""
+    from vramguard.analysis.keeper import Keeper
+    from vramguard.analysis.verdict import decide
+
+    count = len(samples)
+    every = max(1, count // max(1, looks))
+    keeper, verdict = Keeper(floor), decide((), warmup=warmup, floor=floor)
+    for end in (*range(every, count, every), count):
+        seen = samples[:end]
+        keeper, verdict = keeper.keep(decide(seen, warmup=warmup, floor=floor), seen)
+    return verdict
+
+
 def _judge(result: LoadResult, *, target: str, device: str, warm: int | None, as_json: bool,
            quiet: bool, status: str | None) -> int:
     """The verdict over the fresh readings, or exit 3 when there is nothing worth judging."""
-    from vramguard.analysis.verdict import auto_warmup, decide
+    from vramguard.analysis.verdict import auto_warmup
     from vramguard.commands._evidence import readings_after_warmup, requests_needed
     from vramguard.commands._output import finish
     from vramguard.runner import CheckResult
@@ -215,8 +240,7 @@ def _judge(result: LoadResult, *, target: str, device: str, warm: int | None, as
             "allocated-memory value read during the load", hint=hint)
     samples = freshness.samples()
     resolved = auto_warmup(result.completed) if warm is None else warm
-    verdict = decide(samples, warmup=resolved, min_growth=freshness.floor,
-                     min_rate=freshness.rate_floor)
+    verdict = judged_over_time(samples, warmup=resolved, floor=freshness.floor)
     used = readings_after_warmup(samples, resolved)
     counted = (f"{freshness.fresh} fresh memory readings ({used} after the warm-up) of "
                f"{result.reads} reads; {freshness.stale} repeats of a value already seen ignored")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vramguard.analysis.floor import EXACT, Floor
 from vramguard.analysis.samples import Sample
 from vramguard.readers.allocator import AllocatorReader
 from vramguard.readers.census import Census, CensusTaker
@@ -12,6 +13,7 @@ from vramguard.readers.process import ProcessReader
 HEAP_SIGNAL = "native heap in use (glibc mallinfo2)"
 CENSUS_SIGNAL = "live tensor bytes (census)"
 ALLOCATOR_SIGNAL = "allocator allocated_bytes"
+_HEAP_FLOOR = Floor(WINDOW_FLOOR_BYTES, RATE_FLOOR_BYTES)
 
 
 class Sampler:
@@ -49,17 +51,13 @@ class Sampler:
         return HEAP_SIGNAL if self.cheap else CENSUS_SIGNAL
 
     @property
-    def floor(self) -> int:
-        """The least growth of ``allocated`` over a verdict's window that can count as a leak:
-        the heap counter's floor on CPU (see ``heap.WINDOW_FLOOR_BYTES``), 0 for the exact
-        signals (allocator counters, the census), where the verdict's own 1 KiB minimum holds."""
-        return WINDOW_FLOOR_BYTES if self._allocator is None and self.cheap else 0
-
-    @property
-    def rate_floor(self) -> int:
-        """The least growth per step that can count as a leak: the heap counter's on CPU (see
-        ``heap.RATE_FLOOR_BYTES``), 0 for the exact signals."""
-        return RATE_FLOOR_BYTES if self.floor else 0
+    def floor(self) -> Floor:
+        """The least growth of ``allocated`` that can count as a leak, over a verdict's window and
+        per step: the heap counter's on CPU (``heap.WINDOW_FLOOR_BYTES`` and
+        ``heap.RATE_FLOOR_BYTES``), none for the exact signals (allocator counters, the census),
+        where the verdict's own 1 KiB minimum holds. Every judge of this sampler's series
+        applies it whole."""
+        return _HEAP_FLOOR if self._allocator is None and self.cheap else EXACT
 
     @property
     def fallback_reason(self) -> str | None:

@@ -1,0 +1,110 @@
+"""The verdict keeper: a leak verdict does not flap while the leak goes on.
+
+Every judge recomputes its verdict over a window of samples, and a window can stop reading
+``leak`` for reasons other than the leak ending: one large free elsewhere in the process (a
+cache dropped, garbage collected) flattens the level the window retains, so it reads "no leak"
+while memory keeps rising (measured: a 6.6 MiB drop turned a +4.7 KiB/step leak into "no leak"
+10 steps later); thinning, a noisy stretch or traffic that two routes share can leave it
+"inconclusive" (measured at default settings under uvicorn: a route's verdict went leak ->
+inconclusive after ~2,400 requests, when its attribution windows turned collinear, while the
+process kept growing ~2.4 KiB a request). A status page, healthz or an operator reading
+leak -> inconclusive -> leak learns nothing but noise. So every judge (the Guard, each route of
+the web guard, ``vramguard loadtest``) hands its fresh verdict through one :class:`Keeper`:
+
+- a leak verdict is handed out as it is, and the keeper notes the newest sample under it;
+- when a later verdict is inconclusive, the samples since that note decide on their own: a
+  leak there, or too few of them to tell, keeps the leak verdict (with a note saying so);
+  their own "no leak" lets it go. A window that cannot tell never ends a leak, and a leak that
+  stopped (or a warm-up's false alarm) is let go once the flat samples since it can say so;
+- a later "no leak" (or another finding) stands, as the window's evidence, unless memory fell
+  by more than the signal's floor since the leak was last seen on the judge's own series: then
+  the window may have been fooled by that fall, and the samples since decide as above;
+- the keeper never makes a "no leak": it only holds a leak or passes the fresh verdict on, so
+  missing data stays inconclusive.
+
+Pure: a frozen value; :meth:`Keeper.keep` returns the next keeper with the verdict to show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from vramguard.analysis.floor import EXACT, Floor
+from vramguard.analysis.samples import Sample
+from vramguard.analysis.verdict import ALLOCATED_MIN_GROWTH, Verdict, VerdictKind, decide
+from vramguard.units import format_bytes
+
+_NOTES = 4  # warnings of the held verdict kept beside the keeper's note (bounded while held)
+
+
+@dataclass(frozen=True, slots=True)
+class Keeper:
+    """Holds a judge's leak verdict while the leak goes on (see the module docstring).
+
+    ``floor``: the floor of the series the keeper reads (the sampler's). ``own``: the samples
+    are the verdict's own series (the Guard, loadtest), so a leak found in the samples since the
+    last leak is handed out as the fresher verdict; False where they are the process's series
+    behind a narrower verdict (a route), which then holds its own last leak verdict instead.
+    ``seen``: the newest sample at the last leak verdict; ``last``: the verdict handed out last.
+    """
+
+    floor: Floor = EXACT
+    own: bool = True
+    seen: Sample | None = None
+    last: Verdict | None = None
+
+    def keep(self, verdict: Verdict, samples: Sequence[Sample]) -> tuple[Keeper, Verdict]:
+        """(the next keeper, the verdict to show) for the judge's fresh ``verdict`` over
+        ``samples`` (oldest first; for a route, the process's series)."""
+        if verdict.is_leak:
+            newest = next((s for s in reversed(samples) if s.allocated is not None), None)
+            return replace(self, seen=newest, last=verdict), verdict
+        seen, last = self.seen, self.last
+        if seen is None or seen.allocated is None or last is None or not last.is_leak:
+            return self._let_go(verdict)
+        after = [s for s in samples if s.request > seen.request and s.allocated is not None]
+        unsure = verdict.kind is VerdictKind.INCONCLUSIVE
+        if not after:
+            if unsure:  # nothing read since the leak: an inconclusive window cannot end it
+                return self._hold(verdict, last, "no memory reading since the leak was last "
+                                                 "seen and the window cannot tell")
+            return self._let_go(verdict)
+        moved = self._moved(seen.allocated, after)
+        fell = moved is not None and moved < 0
+        if not (unsure or (self.own and fell)):
+            return self._let_go(verdict)
+        recheck = decide(after, warmup=0, floor=self.floor, find_detection=False)
+        how = ("memory stayed within the floor" if moved is None else
+               f"memory {'fell' if fell else 'rose'} by {format_bytes(abs(moved))}")
+        if recheck.is_leak:
+            if self.own:  # judged from the same anchor until the window agrees again
+                return replace(self, last=recheck), recheck
+            return self._hold(verdict, last, f"{how} since the leak was last seen, and the "
+                                             f"{len(after)} samples since read a leak")
+        if recheck.kind is VerdictKind.INCONCLUSIVE:
+            return self._hold(verdict, last, f"{how} since the leak was last seen and the "
+                                             f"whole window now reads {verdict.kind.value}, but "
+                                             f"the {len(after)} samples since cannot tell yet")
+        return self._let_go(verdict)
+
+    def _moved(self, level: int, after: list[Sample]) -> int | None:
+        # How far memory moved since the leak verdict, beyond the floor: the fall to the lowest
+        # sample since (negative) first, else the rise to the newest one; None within the floor
+        # (for the note, and for the fall that may have fooled the window).
+        least = max(float(self.floor.window_bytes), ALLOCATED_MIN_GROWTH)
+        lowest = min(s.allocated for s in after if s.allocated is not None)
+        if lowest < level - least:
+            return lowest - level
+        newest = after[-1].allocated
+        if newest is not None and newest > level + least:
+            return newest - level
+        return None
+
+    def _hold(self, verdict: Verdict, last: Verdict, why: str) -> tuple[Keeper, Verdict]:
+        note = f"{why}: the leak verdict holds"
+        held = replace(last, requests=verdict.requests, warnings=(*last.warnings[:_NOTES], note))
+        return replace(self, last=held), held
+
+    def _let_go(self, verdict: Verdict) -> tuple[Keeper, Verdict]:
+        return replace(self, seen=None, last=verdict), verdict
