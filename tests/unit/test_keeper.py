@@ -11,6 +11,7 @@ from vramguard.analysis.floor import EXACT, Floor
 from vramguard.analysis.keeper import Keeper
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict, VerdictKind, decide
+from vramguard.commands.loadtest import judged_over_time
 
 KIB, MIB = 1024, 1024 * 1024
 HEAP = Floor(16 * KIB, 128)  # the CPU heap counter's floor, as the sampler states it
@@ -157,6 +158,22 @@ def test_held_notes_stay_bounded() -> None:
         keeper, shown = keeper.keep(_unsure(end), samples[:end])
     assert shown.kind is VerdictKind.LEAK
     assert len(shown.warnings) <= 5
+
+
+def test_loadtest_keeps_a_leak_its_load_showed_through_a_free_near_the_end() -> None:
+    # What loadtest judges: fresh readings of a server leaking 4 KiB a request, and 64 MiB
+    # freed elsewhere 30 readings before the end. The whole series alone is no leak; judged
+    # as the load went (every tenth of the readings, through the keeper), it stays a leak.
+    rng = np.random.default_rng(8)
+    steps = np.arange(200)
+    levels = BASE + 4 * KIB * steps - (64 * MIB) * (steps >= 170) + _noisy(rng, 200)
+    samples = _samples(levels)
+    assert decide(samples, warmup=20, floor=HEAP).kind is not VerdictKind.LEAK
+    assert judged_over_time(samples, warmup=20, floor=HEAP).kind is VerdictKind.LEAK
+    # A clean load stays what decide() says over it.
+    flat = _samples(BASE + _noisy(rng, 200))
+    assert judged_over_time(flat, warmup=20, floor=HEAP).kind is decide(
+        flat, warmup=20, floor=HEAP).kind
 
 
 _KINDS = [VerdictKind.LEAK, VerdictKind.NO_LEAK, VerdictKind.INCONCLUSIVE,

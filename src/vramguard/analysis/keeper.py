@@ -18,7 +18,8 @@ the web guard, ``vramguard loadtest``) hands its fresh verdict through one :clas
   stopped (or a warm-up's false alarm) is let go once the flat samples since it can say so;
 - a later "no leak" (or another finding) stands, as the window's evidence, unless memory fell
   by more than the signal's floor since the leak was last seen on the judge's own series: then
-  the window may have been fooled by that fall, and the samples since decide as above;
+  the window may have been fooled by that fall, and the samples from the fall on decide as
+  above (the level before it is evidence of nothing once it is gone);
 - the keeper never makes a "no leak": it only holds a leak or passes the fresh verdict on, so
   missing data stays inconclusive.
 
@@ -70,10 +71,11 @@ class Keeper:
                 return self._hold(verdict, last, "no memory reading since the leak was last "
                                                  "seen and the window cannot tell")
             return self._let_go(verdict)
-        moved = self._moved(seen.allocated, after)
+        moved, since = self._moved(seen.allocated, after)
         fell = moved is not None and moved < 0
         if not (unsure or (self.own and fell)):
             return self._let_go(verdict)
+        after = after[since:]  # after a fall, the level it left is no evidence either way
         recheck = decide(after, warmup=0, floor=self.floor, find_detection=False)
         how = ("memory stayed within the floor" if moved is None else
                f"memory {'fell' if fell else 'rose'} by {format_bytes(abs(moved))}")
@@ -88,18 +90,18 @@ class Keeper:
                                              f"the {len(after)} samples since cannot tell yet")
         return self._let_go(verdict)
 
-    def _moved(self, level: int, after: list[Sample]) -> int | None:
-        # How far memory moved since the leak verdict, beyond the floor: the fall to the lowest
-        # sample since (negative) first, else the rise to the newest one; None within the floor
-        # (for the note, and for the fall that may have fooled the window).
+    def _moved(self, level: int, after: list[Sample]) -> tuple[int | None, int]:
+        # How far memory moved since the leak verdict, beyond the floor (None within it): the
+        # fall to the lowest sample since (negative), with the index of the first sample below
+        # the floor, from which the samples since are judged; else the rise to the newest one.
         least = max(float(self.floor.window_bytes), ALLOCATED_MIN_GROWTH)
-        lowest = min(s.allocated for s in after if s.allocated is not None)
+        values = [s.allocated for s in after if s.allocated is not None]
+        lowest = min(values)
         if lowest < level - least:
-            return lowest - level
-        newest = after[-1].allocated
-        if newest is not None and newest > level + least:
-            return newest - level
-        return None
+            return lowest - level, next(i for i, v in enumerate(values) if v < level - least)
+        if values[-1] > level + least:
+            return values[-1] - level, 0
+        return None, 0
 
     def _hold(self, verdict: Verdict, last: Verdict, why: str) -> tuple[Keeper, Verdict]:
         note = f"{why}: the leak verdict holds"

@@ -20,12 +20,21 @@ kept: dict[int, torch.Tensor] = {}  # the leak's root: outputs with their graphs
 
 
 def leaky_app(*, sync: bool = False, rows: int = 4, work: int = 0, guard: bool = True,
-              **guard_options: Any) -> FastAPI:
+              ballast: int = 0, **guard_options: Any) -> FastAPI:
     """The app; ``guard_options`` go to the middleware (nothing: the defaults). ``rows``: the
     leaked input's rows (4: ~2 KiB a request in all; 64: ~10 KiB); ``work``: 64x64 matmuls each
     request does besides (both routes), to give requests a realistic duration; ``guard=False``:
-    the same app without the middleware (a benchmark's baseline)."""
+    the same app without the middleware (a benchmark's baseline). ``ballast``: bytes held from
+    the start that ``/ballast/drop`` frees (a cache dropped elsewhere in the process)."""
     app = FastAPI()
+    held = [torch.ones(ballast // 4)] if ballast else []
+
+    def drop() -> dict[str, int]:
+        freed = sum(t.numel() * t.element_size() for t in held)
+        held.clear()
+        return {"freed": freed}
+
+    app.get("/ballast/drop")(drop)
     model = torch.nn.Linear(32, 8)
     ids = itertools.count()
     block = torch.randn(64, 64)
