@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from vramguard.errors import EnvironmentProblem, TargetFailed, UsageError, VramguardError
 
 if TYPE_CHECKING:
+    from vramguard.analysis.floor import Floor
     from vramguard.analysis.samples import Sample
     from vramguard.analysis.suspects import Site, Suspect, TensorGrowth
     from vramguard.analysis.verdict import Growth, Verdict, VerdictKind, decide
@@ -29,6 +30,7 @@ _LAZY = {
     "VerdictKind": "vramguard.analysis.verdict",
     "Growth": "vramguard.analysis.verdict",
     "decide": "vramguard.analysis.verdict",
+    "Floor": "vramguard.analysis.floor",
     "Sample": "vramguard.analysis.samples",
     "Suspect": "vramguard.analysis.suspects",
     "Site": "vramguard.analysis.suspects",
@@ -47,6 +49,7 @@ __all__ = [
     "CheckResult",
     "DiagnosisTimings",
     "EnvironmentProblem",
+    "Floor",
     "Growth",
     "Guard",
     "Released",
