@@ -158,6 +158,7 @@ def test_held_notes_stay_bounded() -> None:
         keeper, shown = keeper.keep(_unsure(end), samples[:end])
     assert shown.kind is VerdictKind.LEAK
     assert len(shown.warnings) <= 5
+    assert sum("the leak verdict holds" in w for w in shown.warnings) == 1  # the newest only
 
 
 def test_loadtest_keeps_a_leak_its_load_showed_through_a_free_near_the_end() -> None:

@@ -37,6 +37,7 @@ from vramguard.analysis.verdict import ALLOCATED_MIN_GROWTH, Verdict, VerdictKin
 from vramguard.units import format_bytes
 
 _NOTES = 4  # warnings of the held verdict kept beside the keeper's note (bounded while held)
+_HOLDS = ": the leak verdict holds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +105,9 @@ class Keeper:
         return None, 0
 
     def _hold(self, verdict: Verdict, last: Verdict, why: str) -> tuple[Keeper, Verdict]:
-        note = f"{why}: the leak verdict holds"
-        held = replace(last, requests=verdict.requests, warnings=(*last.warnings[:_NOTES], note))
+        # One note, the newest: a verdict held over many looks does not repeat it.
+        kept = [w for w in last.warnings if not w.endswith(_HOLDS)][:_NOTES]
+        held = replace(last, requests=verdict.requests, warnings=(*kept, f"{why}{_HOLDS}"))
         return replace(self, last=held), held
 
     def _let_go(self, verdict: Verdict) -> tuple[Keeper, Verdict]:
