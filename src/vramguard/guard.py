@@ -35,6 +35,7 @@ from vramguard.guard_diagnosis import GuardDiagnosis, build_report
 from vramguard.readers import own
 from vramguard.readers.census import Census, TensorGroup, diff_groups
 from vramguard.readers.device import Device, resolve_device
+from vramguard.readers.heap import prime_thread_cache
 from vramguard.readers.rank import RankIdentity, read_identity
 from vramguard.readers.sampler import Sampler
 from vramguard.sampling import Budget, History
@@ -369,6 +370,11 @@ class Guard:
             key = (len(samples), samples[-1].request if samples else -1)
             if self._verdict is not None and key == self._verdict_key:
                 return self._verdict
+        if samples and self.device.is_cpu and self._sampler.cheap:
+            # This thread's frees of the analysis's lists must not fill its tcache under the
+            # heap counter; once samples exist (before them, a thread's first steps may still
+            # drain what the priming filled).
+            prime_thread_cache()
         floor = self._sampler.floor  # it changes once, if the heap counter fails mid-run
         verdict = decide(samples, warmup=self._warmup, floor=floor)
         # A leak verdict does not flap while the leak goes on (see vramguard.analysis.keeper);
