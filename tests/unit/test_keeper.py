@@ -44,6 +44,8 @@ def test_a_leak_verdict_is_handed_out_as_it_is_and_noted() -> None:
     keeper, shown = Keeper(HEAP).keep(verdict, samples)
     assert shown is verdict
     assert keeper.seen == samples[-1]
+    assert str(keeper) == "keeper: leak last seen at request 119"
+    assert str(Keeper()) == "keeper: no leak to hold"
 
 
 def test_the_leak_holds_while_memory_keeps_growing_and_the_window_cannot_tell() -> None:

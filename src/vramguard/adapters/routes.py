@@ -173,8 +173,7 @@ class RouteBook:
 
     def holding(self, name: str) -> bool:
         """Whether the route's keeper holds a leak verdict (it then needs the samples)."""
-        keeper = self._routes[name].keeper
-        return keeper.seen is not None and keeper.last is not None and keeper.last.is_leak
+        return self._routes[name].keeper.holding
 
     def kept(self, name: str, verdict: Verdict, samples: Sequence[Sample],
              floor: Floor) -> Verdict:

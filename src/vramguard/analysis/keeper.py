@@ -56,6 +56,16 @@ class Keeper:
     seen: Sample | None = None
     last: Verdict | None = None
 
+    @property
+    def holding(self) -> bool:
+        """Whether a leak verdict is noted, which a later verdict may be held to."""
+        return self.seen is not None and self.last is not None and self.last.is_leak
+
+    def __str__(self) -> str:
+        if not self.holding or self.seen is None or self.last is None:
+            return "keeper: no leak to hold"
+        return f"keeper: {self.last.kind.label} last seen at request {self.seen.request}"
+
     def keep(self, verdict: Verdict, samples: Sequence[Sample]) -> tuple[Keeper, Verdict]:
         """(the next keeper, the verdict to show) for the judge's fresh ``verdict`` over
         ``samples`` (oldest first; for a route, the process's series)."""
