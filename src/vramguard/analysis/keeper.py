@@ -38,6 +38,7 @@ from vramguard.units import format_bytes
 
 _NOTES = 4  # warnings of the held verdict kept beside the keeper's note (bounded while held)
 _HOLDS = ": the leak verdict holds"
+_KEPT_UP = 0.25  # a route's hold: the least share of its predicted growth the process shows
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +49,16 @@ class Keeper:
     are the verdict's own series (the Guard, loadtest), so a leak found in the samples since the
     last leak is handed out as the fresher verdict; False where they are the process's series
     behind a narrower verdict (a route), which then holds its own last leak verdict instead.
-    ``seen``: the newest sample at the last leak verdict; ``last``: the verdict handed out last.
+    ``seen``: the newest sample at the last leak verdict; ``seen_at``: that verdict's request
+    count (a route's requests, for how much the process should have grown since);
+    ``last``: the verdict handed out last.
     """
 
     floor: Floor = EXACT
     own: bool = True
     seen: Sample | None = None
     last: Verdict | None = None
+    seen_at: int = 0
 
     @property
     def holding(self) -> bool:
@@ -71,7 +75,7 @@ class Keeper:
         ``samples`` (oldest first; for a route, the process's series)."""
         if verdict.is_leak:
             newest = next((s for s in reversed(samples) if s.allocated is not None), None)
-            return replace(self, seen=newest, last=verdict), verdict
+            return replace(self, seen=newest, seen_at=verdict.requests, last=verdict), verdict
         seen, last = self.seen, self.last
         if seen is None or seen.allocated is None or last is None or not last.is_leak:
             return self._let_go(verdict)
@@ -86,7 +90,11 @@ class Keeper:
         fell = moved is not None and moved < 0
         if not (unsure or (self.own and fell)):
             return self._let_go(verdict)
+        span = after[-1].request - seen.request
         after = after[since:]  # after a fall, the level it left is no evidence either way
+        if not self.own and not self._kept_up(verdict, last, after, seen if not fell else None,
+                                              span):
+            return self._let_go(verdict)
         recheck = decide(after, warmup=0, floor=self.floor, find_detection=False)
         how = ("memory stayed within the floor" if moved is None else
                f"memory {'fell' if fell else 'rose'} by {format_bytes(abs(moved))}")
@@ -100,6 +108,34 @@ class Keeper:
                                              f"whole window now reads {verdict.kind.value}, but "
                                              f"the {len(after)} samples since cannot tell yet")
         return self._let_go(verdict)
+
+    def _kept_up(self, verdict: Verdict, last: Verdict, after: list[Sample],
+                 seen: Sample | None, span: int) -> bool:
+        # For a narrower verdict over the process's series (a route): whether the process grew
+        # at least a quarter of what the held leak predicts for the route's requests since it
+        # was seen (pro rata after a fall), once that is past the floor. Without it a route whose leak
+        # was fixed would be held as long as the process's samples are too sparse to say "no
+        # leak" (measured at default settings: a sample every ~140 requests), while the
+        # server's own churn (~140 B/request) keeps the process rising a little. A quarter, not
+        # all: the route's requests are counted up to now, the process's growth only up to its
+        # newest sample, up to one sample gap earlier (at a half, 2 of 10 server runs let a
+        # route that kept leaking go).
+        # ``seen``: the sample the rise counts from (None after a fall: from the fall on, and a
+        # single sample since the fall is no evidence either way: the recheck holds it).
+        if seen is None and len(after) < 2:
+            return True
+        first = seen or after[0]
+        start, end = first.allocated, after[-1].allocated
+        if start is None or end is None:
+            return False
+        if last.growth is None or last.growth.bytes_per_request <= 0:
+            return True  # no prediction to hold it to: the recheck alone decides
+        share = (after[-1].request - first.request) / span if span > 0 else 0.0
+        requests = max(0, verdict.requests - self.seen_at) * share
+        least = _KEPT_UP * last.growth.bytes_per_request * requests
+        if least <= max(self.floor.window_bytes, ALLOCATED_MIN_GROWTH):
+            return True  # too few requests since to tell a stop from the signal's noise
+        return end - start > least
 
     def _moved(self, level: int, after: list[Sample]) -> tuple[int | None, int]:
         # How far memory moved since the leak verdict, beyond the floor (None within it): the

@@ -35,6 +35,13 @@ def leaky_app(*, sync: bool = False, rows: int = 4, work: int = 0, guard: bool =
         return {"freed": freed}
 
     app.get("/ballast/drop")(drop)
+    leaking = [True]
+
+    def stop() -> dict[str, bool]:  # the leak is fixed: /leak keeps nothing from now on
+        leaking[0] = False
+        return {"leaking": False}
+
+    app.get("/leak/stop")(stop)
     model = torch.nn.Linear(32, 8)
     ids = itertools.count()
     block = torch.randn(64, 64)
@@ -46,7 +53,8 @@ def leaky_app(*, sync: bool = False, rows: int = 4, work: int = 0, guard: bool =
     def leak() -> dict[str, float]:
         busy()
         output = model(torch.randn(rows, 32))
-        kept[next(ids)] = output  # the graph (and the input it saved) stays alive with it
+        if leaking[0]:
+            kept[next(ids)] = output  # the graph (and the input it saved) stays alive with it
         return {"score": float(output.detach().mean())}
 
     def clean() -> dict[str, float]:
