@@ -155,28 +155,45 @@ def _truth() -> float:
     return float(out.stdout.strip())
 
 
+Checks = list[tuple[dict[str, Any], dict[str, Any]]]  # (/leak's check, /clean's), per look
+
+
+def _until_a_leak(client: httpx.Client, rng: random.Random) -> None:
+    # One client in seeded random order until /leak reads leak (looked at every 50 requests).
+    for i in range(1, 2401):
+        assert client.get("/leak" if rng.random() < 0.5 else "/clean").status_code == 200
+        if i % 50 == 0 and _routes(client)["/leak"]["check"]["verdict"] == "leak":
+            return
+    raise AssertionError(f"/leak never read leak: {_routes(client)['/leak']['check']}")
+
+
+def _looks(client: httpx.Client, rng: random.Random, requests: int, every: int, *,
+           until_let_go: bool = False) -> Checks:
+    # More of the same traffic; both routes' checks every ``every`` requests.
+    checks: Checks = []
+    for i in range(1, requests + 1):
+        assert client.get("/leak" if rng.random() < 0.5 else "/clean").status_code == 200
+        if i % every == 0:
+            routes = _routes(client)
+            checks.append((routes["/leak"]["check"], routes["/clean"]["check"]))
+            if until_let_go and checks[-1][0]["verdict"] != "leak":
+                break
+    return checks
+
+
 @pytest.mark.parametrize("served", [f"rows={ROWS}, ballast=64 << 20"], indirect=True)
 def test_a_leaking_route_s_verdict_holds_through_a_large_free(served: str) -> None:
     # Mid-leak, something elsewhere in the process frees 64 MiB (a cache dropped). Measured on
-    # the code before the route keeper (2 runs of 2): the leaking route read "leak" until the
+    # the code before the route keeper (3 runs of 3): the leaking route read "leak" until the
     # free and "inconclusive" at every check after it ("+0 B/request ... below the 1.0 KiB/request
     # that the counter can tell"), while it kept its ~12 KiB a request. Now a route's leak verdict
     # holds while the process keeps growing and the route's own data cannot tell; the clean
     # route, never a leak, is not held into one.
     rng = random.Random(0)
     with httpx.Client(base_url=served, timeout=30) as client:
-        for i in range(1, 2401):
-            assert client.get("/leak" if rng.random() < 0.5 else "/clean").status_code == 200
-            if i % 50 == 0 and _routes(client)["/leak"]["check"]["verdict"] == "leak":
-                break
-        assert _routes(client)["/leak"]["check"]["verdict"] == "leak"
+        _until_a_leak(client, rng)
         assert client.get("/ballast/drop").json() == {"freed": 64 << 20}
-        checks = []
-        for i in range(1, 601):
-            assert client.get("/leak" if rng.random() < 0.5 else "/clean").status_code == 200
-            if i % 50 == 0:
-                routes = _routes(client)
-                checks.append((routes["/leak"]["check"], routes["/clean"]["check"]))
+        checks = _looks(client, rng, 600, 50)
     assert [leak["verdict"] for leak, _ in checks] == ["leak"] * 12, [
         leak["reason"] for leak, _ in checks]
     assert all(clean["verdict"] != "leak" for _, clean in checks), [
@@ -187,25 +204,15 @@ def test_a_leaking_route_s_verdict_holds_through_a_large_free(served: str) -> No
 def test_a_route_whose_leak_is_fixed_is_not_held(served: str) -> None:
     # The hold must end when the leak does: once /leak stops keeping anything, the process
     # grows only by the server's own churn, far below what the held leak predicts, and the
-    # route's verdict is let go (measured: within 100-800 requests of the fix, in 3 runs),
-    # although the guard's sparse samples at default settings (one every ~140 requests) could
-    # not say "no leak" for a long time. The clean route is never a leak.
+    # route's verdict is let go (measured: within 100-800 requests of the fix, in 3 runs; held
+    # for good without that rule), although the guard's sparse samples at default settings
+    # (one every ~140 requests) could not say "no leak" for a long time. The clean route is
+    # never a leak.
     rng = random.Random(0)
     with httpx.Client(base_url=served, timeout=30) as client:
-        for i in range(1, 2401):
-            assert client.get("/leak" if rng.random() < 0.5 else "/clean").status_code == 200
-            if i % 50 == 0 and _routes(client)["/leak"]["check"]["verdict"] == "leak":
-                break
-        assert _routes(client)["/leak"]["check"]["verdict"] == "leak"
+        _until_a_leak(client, rng)
         assert client.get("/leak/stop").json() == {"leaking": False}
-        checks = []
-        for i in range(1, 2001):
-            assert client.get("/leak" if rng.random() < 0.5 else "/clean").status_code == 200
-            if i % 100 == 0:
-                routes = _routes(client)
-                checks.append((routes["/leak"]["check"], routes["/clean"]["check"]))
-                if checks[-1][0]["verdict"] != "leak":
-                    break
+        checks = _looks(client, rng, 2000, 100, until_let_go=True)
     assert checks[-1][0]["verdict"] != "leak", checks[-1][0]["warnings"]
     assert all(clean["verdict"] != "leak" for _, clean in checks), [
         clean["reason"] for _, clean in checks]
