@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -139,18 +140,25 @@ def main() -> None:
         return
     print(f"{args.nproc} ranks, gloo, DDP MLP; {args.steps} steps each way in chunks of "
           f"{args.chunk}; share every {args.every:g}s; Guard(overhead_budget={args.budget:g})")
-    jobs = [job(args, attempt) for attempt in range(args.repeat)]
+    jobs = [job(args) for _ in range(args.repeat)]
     if args.repeat > 1:
         ratios = [statistics.median(r["ratio"] for r in rows) for rows in jobs]
         print(f"median over {args.repeat} jobs of the ranks' median ratio: "
               f"{statistics.median(ratios):.4f} (jobs: {', '.join(f'{x:.4f}' for x in ratios)})")
 
 
-def job(args: argparse.Namespace, attempt: int) -> list[dict[str, object]]:
+def free_port() -> int:
+    """A port nothing listens on now (a fixed one stays in TIME_WAIT between jobs)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def job(args: argparse.Namespace) -> list[dict[str, object]]:
     """One torchrun job; its per-rank rows, printed."""
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
-         "--master-addr=127.0.0.1", f"--master-port={29633 + attempt}", __file__, "--worker",
+         "--master-addr=127.0.0.1", f"--master-port={free_port()}", __file__, "--worker",
          "--steps", str(args.steps), "--chunk", str(args.chunk), "--every", str(args.every),
          "--budget", str(args.budget)],
         capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -6,9 +6,11 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -183,6 +185,34 @@ def test_history_is_bounded_and_spans_the_run():
     cheap = [s for s in samples if s.tensor_bytes is None]
     gaps = {b.request - a.request for a, b in itertools.pairwise(cheap)}
     assert max(gaps) <= 2 * min(gaps)  # evenly spread over the run
+
+
+def test_in_a_distributed_job_reads_fall_on_multiples_of_a_power_of_two(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every rank computes the same schedule, so the ranks' reads hold the job at the same
+    # steps (see Guard._aligned); outside a job the reads stay exactly read_period apart.
+    # A read that costs 60 us of CPU against 1 ms steps: a read period of 9-10 steps, which
+    # unaligned would put reads at steps 16, 25, 34, ...
+    real = HeapCounter()
+
+    def dear_read() -> int:
+        until = time.thread_time() + 60e-6
+        while time.thread_time() < until:
+            pass
+        return real.read() or 0
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    guard = Guard("cpu", clock=_fake_clock(0.001), diagnose="never",
+                  sampler=Sampler(Device("cpu"), heap=HeapCounter(probe=dear_read)))
+    for _ in range(1000):
+        with guard.step():
+            pass
+    steps = [s.request + 1 for s in guard.samples]
+    assert len(steps) >= 20
+    period = math.gcd(*steps)
+    assert period >= 16, steps
+    assert period & (period - 1) == 0, steps                 # a power of two
 
 
 def test_budget_spaces_out_reads_and_keeps_the_census_off_until_paid_for():
