@@ -12,10 +12,12 @@ leak -> inconclusive -> leak learns nothing but noise. So every judge (the Guard
 the web guard, ``vramguard loadtest``) hands its fresh verdict through one :class:`Keeper`:
 
 - a leak verdict is handed out as it is, and the keeper notes the newest sample under it;
-- when a later verdict is inconclusive, the samples since that note decide on their own: a
-  leak there, or too few of them to tell, keeps the leak verdict (with a note saying so);
-  their own "no leak" lets it go. A window that cannot tell never ends a leak, and a leak that
-  stopped (or a warm-up's false alarm) is let go once the flat samples since it can say so;
+- when a later verdict is inconclusive, and memory since grew at least a quarter of what the
+  leak verdict predicts for the requests since (or too few requests passed to tell), the
+  samples since decide on their own: a leak there, or too few of them to tell, keeps the leak
+  verdict (with a note saying so); their own "no leak" lets it go. So a window that cannot tell
+  does not end a leak that goes on, and a leak that stopped (or a warm-up's false alarm) is let
+  go as soon as memory stops keeping up with it, however sparse the samples;
 - a later "no leak" (or another finding) stands, as the window's evidence, unless memory fell
   by more than the signal's floor since the leak was last seen on the judge's own series: then
   the window may have been fooled by that fall, and the samples from the fall on decide as
@@ -92,8 +94,7 @@ class Keeper:
             return self._let_go(verdict)
         span = after[-1].request - seen.request
         after = after[since:]  # after a fall, the level it left is no evidence either way
-        if not self.own and not self._kept_up(verdict, last, after, seen if not fell else None,
-                                              span):
+        if not self._kept_up(verdict, last, after, seen if not fell else None, span):
             return self._let_go(verdict)
         recheck = decide(after, warmup=0, floor=self.floor, find_detection=False)
         how = ("memory stayed within the floor" if moved is None else
@@ -111,15 +112,15 @@ class Keeper:
 
     def _kept_up(self, verdict: Verdict, last: Verdict, after: list[Sample],
                  seen: Sample | None, span: int) -> bool:
-        # For a narrower verdict over the process's series (a route): whether the process grew
-        # at least a quarter of what the held leak predicts for the route's requests since it
-        # was seen (pro rata after a fall), once that is past the floor. Without it a route whose leak
-        # was fixed would be held as long as the process's samples are too sparse to say "no
-        # leak" (measured at default settings: a sample every ~140 requests), while the
-        # server's own churn (~140 B/request) keeps the process rising a little. A quarter, not
-        # all: the route's requests are counted up to now, the process's growth only up to its
-        # newest sample, up to one sample gap earlier (at a half, 2 of 10 server runs let a
-        # route that kept leaking go).
+        # Whether memory grew at least a quarter of what the held leak predicts for the judge's
+        # requests since it was seen (pro rata after a fall), once that is past the floor: a
+        # hold needs a leak that goes on. Without it a leak that stopped (or a false alarm)
+        # would be held as long as the samples since are too sparse to say "no leak": for a
+        # route, whose samples are the process's, measured at default settings: a sample every
+        # ~140 requests, while the server's own churn (~140 B/request) keeps the process rising
+        # a little. A quarter, not all: a route's requests are counted up to now, the process's
+        # growth only up to its newest sample, up to one sample gap earlier (at a half, 2 of 10
+        # server runs let a route that kept leaking go).
         # ``seen``: the sample the rise counts from (None after a fall: from the fall on, and a
         # single sample since the fall is no evidence either way: the recheck holds it).
         if seen is None and len(after) < 2:
