@@ -22,11 +22,13 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
-from vramguard.adapters.attribution import Attribution, Window, WindowLog, attribute
+from vramguard.adapters.attribution import Attribution, RouteEstimate, Window, WindowLog, attribute
+from vramguard.adapters.checker import Worker
 from vramguard.adapters.cleanup import Cleanup, CleanupStats
 from vramguard.adapters.counter import Counter
 from vramguard.adapters.health import Health, decide_health, hold
@@ -35,7 +37,7 @@ from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import UNMATCHED, RouteBook, RouteCounts, combine
 from vramguard.adapters.window import RouteDiagnosis, Windows, WindowState
 from vramguard.analysis.suspects import Suspect, TensorGrowth
-from vramguard.analysis.verdict import Verdict, VerdictKind
+from vramguard.analysis.verdict import Verdict, VerdictKind, decide
 from vramguard.guard import Guard, _Step
 from vramguard.readers.device import resolve_device
 from vramguard.readers.sampler import Sampler
@@ -81,13 +83,19 @@ class WebGuard:
         counter: Counter | None = None,
     ) -> None:
         self._sampler = Sampler(resolve_device(device))
+        # Work a request asks for runs here, never on the request's thread (adapters/checker.py).
+        self._worker = Worker(self._background, name="vramguard-web")
         # One budget for the whole web guard: half for the Guard's own reads, half for the
         # before/after pairs that attribute memory to routes (see _pair_period).
         self.guard = Guard(device, overhead_budget=None if overhead_budget is None
                            else overhead_budget * 0.5, warmup=warmup,
                            census_every=census_every, clock=clock, sampler=self._sampler,
                            # h10: the web guard runs its own per-route diagnosis windows
-                           diagnose="never", unit="request")
+                           diagnose="never", unit="request",
+                           # A census is one C pass over the whole heap (tens to hundreds of ms):
+                           # inside a request it is that request's latency, all of it. Taken on
+                           # the worker instead, paid from the same budget; see Guard.
+                           defer_census=self._defer_census)
         self.options = options or WebOptions()
         self._budget = overhead_budget
         self._clock = clock
@@ -233,19 +241,67 @@ class WebGuard:
         return self._windows.track(route)
 
     def _maybe_diagnose(self, name: str) -> None:
-        # Deciding costs milliseconds at hundreds of samples: at most once a second per route,
-        # and only when a window could open. The window itself runs in its own thread, and
-        # measures what grew there (a census at its start and end, off the request path).
+        # Hot path: at most once a second per route, and only when a window could open, ask the
+        # worker to check the route. The check (decide + the attribution's NNLS, 2-5 ms) ran here
+        # before, on the request that happened to end a second after the last one: that
+        # request's latency, one in ~1,000 at 1 ms requests, i.e. the p99.9. The window itself
+        # runs in its own thread, and measures what grew there (a census at its start and end).
         now = self._clock()
         if (name == UNMATCHED or not self._windows.due(name)
                 or now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S):
             return
         self._verdict_checked[name] = now
-        try:
-            if self.route_verdict(name, fresh=False).kind is VerdictKind.LEAK:
-                self._windows.start(name, None)
-        except Exception:  # diagnosis is extra: it stops, the guard and the request go on
-            self._windows.fail("deciding whether to open a window")
+        self._worker.ask(("route", name))
+
+    def _background(self, job: Hashable) -> None:
+        # The worker's thread (adapters/checker.py): an exception here stops the worker, which
+        # says so once; the requests never see it. Jobs: ("route", name), ("census", groups,
+        # follow_graphs).
+        kind, *args = cast("tuple[Any, ...]", job)
+        started = time.perf_counter()
+        if kind == "route":
+            self._check_route(args[0])
+        elif not self.guard.run_deferred_census(groups=args[0], follow_graphs=args[1]):
+            return
+        # The record's thread name says where it ran (the tests).
+        _log.debug("vramguard: %s %s done in %.1f ms", kind, args,
+                   (time.perf_counter() - started) * 1e3)
+
+    def _check_route(self, name: str) -> None:
+        # Whether the route's verdict opens a diagnosis window. The series is copied under the
+        # lock and decided outside it, as RouteBook.verdict decides it: a request's begin/end
+        # must not wait milliseconds for the lock while this runs.
+        with self._lock:
+            samples = self._routes.samples(name)
+            requests = self._routes.counts(name).requests
+            upper = self._routes.upper(name)
+        estimate = self.attribution(fresh=False).route(name)
+        if self._combine(decide(samples), estimate, requests, upper).kind is VerdictKind.LEAK:
+            self._windows.start(name, None)
+
+    def _defer_census(self, groups: bool, follow_graphs: bool) -> bool:
+        return self._worker.ask(("census", groups, follow_graphs))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the background worker (the ASGI lifespan's shutdown calls it; idempotent). The
+        guard goes on counting requests; route checks and censuses then run no more."""
+        self._worker.close(timeout)
+
+    @property
+    def worker_alive(self) -> bool:
+        """True while the background worker's thread runs (it starts at the first job)."""
+        return self._worker.alive
+
+    @property
+    def worker_failure(self) -> str | None:
+        """Why the background worker stopped on its own (None: it did not): route checks no
+        longer open diagnosis windows, the Guard takes no census; verdicts go on."""
+        return self._worker.failed
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the background worker has run what was asked of it (tests, benchmarks);
+        False on timeout."""
+        return self._worker.idle(timeout)
 
     def diagnose(self, route: str) -> bool:
         """Open a diagnosis window on ``route`` now, whatever its verdict (an operator's "explain
@@ -321,9 +377,11 @@ class WebGuard:
             exact = self._routes.verdict(route)
             requests = self._routes.counts(route).requests
             upper = self._routes.upper(route)
-        return combine(exact, self.attribution(fresh=fresh).route(route), requests,
-                       floor=self._counter.request_floor,
-                       upper=upper)
+        return self._combine(exact, self.attribution(fresh=fresh).route(route), requests, upper)
+
+    def _combine(self, exact: Verdict, estimate: RouteEstimate | None, requests: int,
+                 upper: float | None) -> Verdict:
+        return combine(exact, estimate, requests, floor=self._counter.request_floor, upper=upper)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
         """One route's suspects once a diagnosis window on it finished (opened by its leak
