@@ -47,6 +47,9 @@ _log = logging.getLogger("vramguard")
 _OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests that ended
 _ATTRIBUTION_EVERY_S = 1.0  # the windows' fit is recomputed at most this often
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
+# ... and all routes' checks together take at most this share of the budget in CPU time, as
+# measured (a check costs 2-5 ms on the worker: at the 1% default, one every ~1-2 s at most)
+_CHECK_SHARE = 0.25
 
 
 @dataclass(slots=True)
@@ -122,6 +125,7 @@ class WebGuard:
         self._windows = windows or Windows(self.options.diagnose_requests,
                                            self.options.diagnose_every, clock)
         self._verdict_checked: dict[str, float] = {}
+        self._next_check = float("-inf")  # no route check before this (the checks' budget)
         # The last unhealthy answer and the verdict behind it (None: the overall one), held until
         # that verdict says no leak (see health()).
         self._unhealthy: tuple[str | None, Health | None] = (None, None)
@@ -249,7 +253,8 @@ class WebGuard:
         # before, on the request that happened to end a second after the last one: that
         # request's latency, one in ~1,000 at 1 ms requests, i.e. the p99.9. The window itself
         # runs in its own thread, and measures what grew there (a census at its start and end).
-        if (now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S
+        if (now < self._next_check
+                or now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S
                 or name == UNMATCHED or not self._windows.due(name)):
             return
         self._verdict_checked[name] = now
@@ -271,15 +276,25 @@ class WebGuard:
 
     def _check_route(self, name: str) -> None:
         # Whether the route's verdict opens a diagnosis window. The series is copied under the
-        # lock and decided outside it, as RouteBook.verdict decides it: a request's begin/end
-        # must not wait milliseconds for the lock while this runs.
-        with self._lock:
-            samples = self._routes.samples(name)
-            requests = self._routes.counts(name).requests
-            upper = self._routes.upper(name)
-        estimate = self.attribution(fresh=False).route(name)
-        if self._combine(decide(samples), estimate, requests, upper).kind is VerdictKind.LEAK:
-            self._windows.start(name, None)
+        # lock and decided outside it, as RouteBook.verdict decides it (without the detection
+        # point, which the kind does not need: half the cost): a request's begin/end must not
+        # wait milliseconds for the lock while this runs. On the worker it still competes for
+        # the GIL with the requests, so its CPU time is budgeted: the next check of any route
+        # waits until the checks' share of the budget has paid for this one.
+        started = time.thread_time()
+        try:
+            with self._lock:
+                samples = self._routes.samples(name)
+                requests = self._routes.counts(name).requests
+                upper = self._routes.upper(name)
+            estimate = self.attribution(fresh=False).route(name)
+            exact = decide(samples, find_detection=False)
+            if self._combine(exact, estimate, requests, upper).kind is VerdictKind.LEAK:
+                self._windows.start(name, None)
+        finally:
+            if self._budget is not None:
+                cost = time.thread_time() - started
+                self._next_check = self._clock() + cost / (self._budget * _CHECK_SHARE)
 
     def _defer_census(self, groups: bool, follow_graphs: bool) -> bool:
         return self._worker.ask(("census", groups, follow_graphs))
