@@ -48,8 +48,11 @@ _OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests
 _ATTRIBUTION_EVERY_S = 1.0  # the windows' fit is recomputed at most this often
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
 # ... and all routes' checks together take at most this share of the budget in CPU time, as
-# measured (a check costs 2-5 ms on the worker: at the 1% default, one every ~1-2 s at most)
-_CHECK_SHARE = 0.25
+# measured. The Guard's account spends at most 0.9 of its half (sampling.ACCOUNT_SHARE) and the
+# cuts their half: the checks take the 5% left, so the three stay within the budget together.
+# A check costs 2-5 ms here: at the 1% default, one (of any route) every 4-10 s; a window
+# opens at most every ``diagnose_every`` (600 s) per route anyway.
+_CHECK_SHARE = 0.05
 
 
 @dataclass(slots=True)
