@@ -7,7 +7,13 @@ steps alternate, so machine noise hits both arms. The sharer runs from the start
 interval asked (``--every``); its own publish time is measured too, which gives the cost at any
 interval (publish time / interval).
 
-Run: python bench/distributed_share.py [--steps 3000] [--chunk 250] [--every 30]
+Also printed per rank: a heap read's own CPU time, and the median guarded step right after a
+read against the other guarded steps (what a read costs the steps after it, which the guard's
+accounting does not see). ``--budget``: the Guard's overhead_budget; ``--nproc``: ranks;
+``--repeat``: jobs in a row (the median of their ratios is printed too).
+
+Run: python bench/distributed_share.py [--steps 3000] [--chunk 250] [--every 30] [--nproc 3]
+     [--budget 0.01] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -15,10 +21,43 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import time
+
+
+def count_reads(guard: object) -> list[int]:
+    """Count the guard's heap reads (bench-only instrumentation), to tell which guarded steps
+    came right after one (a read ends the step before): a read's effect on the steps after it
+    is not in the guard's own accounting, which is the read's CPU time."""
+    reads = [0]
+    sampler = guard._sampler  # type: ignore[attr-defined]
+    read = sampler.read
+
+    def counted_read(*a: object, **k: object) -> object:
+        reads[0] += 1
+        return read(*a, **k)
+
+    sampler.read = counted_read
+    return reads
+
+
+def timed_publishes(sharer: object) -> list[float]:
+    """Time each of the sharer's publishes (bench-only instrumentation)."""
+    publish_s: list[float] = []
+    original = sharer.publish  # type: ignore[attr-defined]
+
+    def timed_publish() -> bool:
+        started = time.perf_counter()
+        try:
+            return original()
+        finally:
+            publish_s.append(time.perf_counter() - started)
+
+    sharer.publish = timed_publish  # type: ignore[attr-defined]
+    return publish_s
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -43,20 +82,13 @@ def worker(args: argparse.Namespace) -> None:
         model(batch).square().mean().backward()
         optimizer.step()
 
-    guard = Guard("cpu")  # defaults: overhead_budget=0.01
+    guard = Guard("cpu", overhead_budget=args.budget)  # the default budget is 0.01
+    reads = count_reads(guard)
+    after_read: list[float] = []
+    other: list[float] = []
     # share(guard, every=...) is Sharer(...).start(); made by hand here to time each publish.
     sharer = Sharer(guard, default_store(), every_s=args.every)
-    publish_s: list[float] = []
-    original = sharer.publish
-
-    def timed_publish() -> bool:
-        started = time.perf_counter()
-        try:
-            return original()
-        finally:
-            publish_s.append(time.perf_counter() - started)
-
-    sharer.publish = timed_publish  # type: ignore[method-assign]  # bench-only instrumentation
+    publish_s = timed_publishes(sharer)
     sharer.start()
     for _ in range(300):  # warm-up: the guard learns the step time, takes its first census
         with guard.step():
@@ -69,9 +101,13 @@ def worker(args: argparse.Namespace) -> None:
             step()
         bare.append(time.perf_counter() - started)
         started = time.perf_counter()
+        previous_read = False
         for _ in range(args.chunk):
+            before, at = reads[0], time.perf_counter()
             with guard.step():
                 step()
+            (after_read if previous_read else other).append(time.perf_counter() - at)
+            previous_read = reads[0] > before
         guarded.append(time.perf_counter() - started)
     sharer.stop(final=True)
     ratio = sum(guarded) / sum(bare)
@@ -81,7 +117,10 @@ def worker(args: argparse.Namespace) -> None:
                       "median_chunk_ratio": median, "guard_overhead": guard.overhead,
                       "publishes": len(publish_s),
                       "publish_ms": statistics.median(publish_s) * 1e3 if publish_s else None,
-                      "verdict": str(guard.verdict().kind)}), flush=True)
+                      "verdict": str(guard.verdict().kind),
+                      "read_us": guard._account.read_cost_s * 1e6,
+                      "after_read_ms": statistics.median(after_read) * 1e3,
+                      "other_ms": statistics.median(other) * 1e3}), flush=True)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -91,22 +130,42 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--chunk", type=int, default=250)
     parser.add_argument("--every", type=float, default=30.0)
+    parser.add_argument("--nproc", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=0.01)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--worker", action="store_true")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
+    print(f"{args.nproc} ranks, gloo, DDP MLP; {args.steps} steps each way in chunks of "
+          f"{args.chunk}; share every {args.every:g}s; Guard(overhead_budget={args.budget:g})")
+    jobs = [job(args) for _ in range(args.repeat)]
+    if args.repeat > 1:
+        ratios = [statistics.median(r["ratio"] for r in rows) for rows in jobs]
+        print(f"median over {args.repeat} jobs of the ranks' median ratio: "
+              f"{statistics.median(ratios):.4f} (jobs: {', '.join(f'{x:.4f}' for x in ratios)})")
+
+
+def free_port() -> int:
+    """A port nothing listens on now (a fixed one stays in TIME_WAIT between jobs)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def job(args: argparse.Namespace) -> list[dict[str, object]]:
+    """One torchrun job; its per-rank rows, printed."""
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=3",
-         "--master-addr=127.0.0.1", "--master-port=29633", __file__, "--worker",
-         "--steps", str(args.steps), "--chunk", str(args.chunk), "--every", str(args.every)],
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
+         "--master-addr=127.0.0.1", f"--master-port={free_port()}", __file__, "--worker",
+         "--steps", str(args.steps), "--chunk", str(args.chunk), "--every", str(args.every),
+         "--budget", str(args.budget)],
         capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     rows = sorted((json.loads(line) for line in done.stdout.splitlines()
                    if line.startswith("{")), key=lambda r: r["rank"])
-    if done.returncode != 0 or len(rows) != 3:
+    if done.returncode != 0 or len(rows) != args.nproc:
         sys.exit(f"the job failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    print(f"3 ranks, gloo, DDP MLP; {args.steps} steps each way in chunks of {args.chunk}; "
-          f"share every {args.every:g}s")
     for r in rows:
         publish = "n/a" if r["publish_ms"] is None else f"{r['publish_ms']:.2f} ms"
         print(f"rank {r['rank']}: step {r['step_ms']:.3f} ms bare; wall-clock ratio "
@@ -114,7 +173,9 @@ def main() -> None:
               f" guard's own reads {r['guard_overhead']:.2%}; {r['publishes']} publishes, "
               f"{publish} each (= {0 if r['publish_ms'] is None else r['publish_ms'] / 1e3 / args.every:.4%}"
               f" of wall time at this interval); verdict {r['verdict']}")
-
+        print(f"        a heap read {r['read_us']:.0f} us; guarded step right after a read "
+              f"{r['after_read_ms']:.3f} ms, other guarded steps {r['other_ms']:.3f} ms (medians)")
+    return rows
 
 if __name__ == "__main__":
     main()

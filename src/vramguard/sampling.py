@@ -54,6 +54,16 @@ class Budget:
         allowed = self.share * READ_SHARE * max(self.step_s, 1e-7)
         return max(1, math.ceil(self.read_cost_s / allowed))
 
+    def next_read(self, step: int, *, aligned: bool = False) -> int:
+        """The step (counted from 1) of the next cheap read after ``step``: ``read_period``
+        steps on. ``aligned``: at the next multiple of that period rounded up to a power of
+        two, a schedule every rank of a distributed job computes alike (see the Guard)."""
+        period = self.read_period()
+        if not aligned:
+            return step + period
+        period = 1 << (period - 1).bit_length()
+        return (step // period + 1) * period
+
     def census_affordable(self, *, scale: float = 1.0) -> bool:
         """Whether the account pays for one census now (at ``scale`` times its estimated cost).
 

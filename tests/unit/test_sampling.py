@@ -21,6 +21,30 @@ def test_read_period_spreads_the_read_share_of_the_budget():
     assert Budget(None).read_period() == 1  # dense mode reads every step
 
 
+def test_aligned_reads_fall_on_multiples_of_a_power_of_two_alike_on_every_rank():
+    # Ranks of a distributed job: one whose reads cost 2.5x another's still reads at a subset
+    # of the other's steps, so one rank's read never holds the others at a step of its own.
+    cheap, dear = Budget(0.01), Budget(0.01)
+    for budget, cost in ((cheap, 20e-6), (dear, 50e-6)):
+        _steps(budget, 100, 0.001)
+        budget.read_took(cost)
+    assert (cheap.read_period(), dear.read_period()) == (3, 8)
+    assert cheap.next_read(13) == 16                          # 13 + 3
+    assert cheap.next_read(14) == 17
+    assert cheap.next_read(14, aligned=True) == 16            # the next multiple of 4
+    assert dear.next_read(13, aligned=True) == 16
+
+    def schedule(budget: Budget) -> set[int]:
+        steps, step = set(), 0
+        while step < 2000:
+            step = budget.next_read(step, aligned=True)
+            steps.add(step)
+        return steps
+
+    assert schedule(dear) <= schedule(cheap)
+    assert len(schedule(dear)) == 2000 // 8                   # 8 is a power of two already
+
+
 def test_a_census_waits_until_the_steps_paid_for_it():
     budget = Budget(0.01)
     budget.census_took(0.9)  # a census of a huge heap

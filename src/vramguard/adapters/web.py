@@ -40,6 +40,7 @@ from vramguard.analysis.suspects import Suspect, TensorGrowth
 from vramguard.analysis.verdict import Verdict, VerdictKind, decide
 from vramguard.guard import Guard, _Step
 from vramguard.readers.device import resolve_device
+from vramguard.readers.heap import prime_thread_cache
 from vramguard.readers.sampler import Sampler
 from vramguard.sampling import cost_estimate
 
@@ -268,6 +269,10 @@ class WebGuard:
         # says so once; the requests never see it. Jobs: ("route", name), ("census", groups,
         # follow_graphs).
         kind, *args = cast("tuple[Any, ...]", job)
+        if self.guard.device.is_cpu:
+            # This thread's analysis frees lists sized by the sample count into its own glibc
+            # tcache, which the heap counter counts: fill it once, as the Guard's threads do.
+            prime_thread_cache()
         started = time.perf_counter()
         if kind == "route":
             self._check_route(args[0])
