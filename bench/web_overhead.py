@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import statistics
 import time
 from typing import Any
@@ -54,9 +55,10 @@ def make_handler(target_s: float = 0.001, kind: str = "raw") -> Any:
     return Starlette(routes=[Route("/predict", predict)])
 
 
-async def drive(app: Any, requests: int, latencies: list[float] | None = None) -> float:
+async def drive(app: Any, requests: int, latencies: list[float] | None = None,
+                spans: list[tuple[float, float]] | None = None) -> float:
     """Seconds per request for ``requests`` sequential GETs of /predict (each request's own
-    seconds appended to ``latencies`` when given)."""
+    seconds appended to ``latencies``, its (start, end) to ``spans``, when given)."""
     scope = {"type": "http", "method": "GET", "path": "/predict", "root_path": "",
              "headers": [], "query_string": b""}
 
@@ -70,9 +72,37 @@ async def drive(app: Any, requests: int, latencies: list[float] | None = None) -
     for _ in range(requests):
         began = time.perf_counter()
         await app(dict(scope), receive, send)
+        ended = time.perf_counter()
         if latencies is not None:
-            latencies.append(time.perf_counter() - began)
+            latencies.append(ended - began)
+        if spans is not None:
+            spans.append((began, ended))
     return (time.perf_counter() - started) / requests
+
+
+class _WorkerLog(logging.Handler):
+    """Collects the worker's "... done in X ms" debug lines as (what, start, end) spans."""
+
+    def __init__(self, spans: list[tuple[str, float, float]]) -> None:
+        super().__init__(logging.DEBUG)
+        self._spans = spans
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ended = time.perf_counter()
+        message = record.getMessage()
+        if record.threadName == "vramguard-web" and " done in " in message:
+            took = float(message.rsplit(" done in ", 1)[1].split()[0]) / 1e3
+            self._spans.append((message.split()[1], ended - took, ended))
+
+
+def collections_by_kind(slow: list[tuple[float, float]],
+                        own: list[tuple[str, float, float]]) -> dict[str, int]:
+    """How many of the ``slow`` (start, end) requests overlapped each kind of ``own`` span."""
+    found: dict[str, int] = {}
+    for began, ended in slow:
+        for kind in {what for what, a, b in own if a < ended and b > began}:
+            found[kind] = found.get(kind, 0) + 1
+    return found
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -90,10 +120,20 @@ async def main(rounds: int, requests: int, kind: str) -> None:
     collections: dict[int, list[int]] = {id(bare): [0, 0, 0], id(guarded): [0, 0, 0]}
     driving = [id(bare)]
 
+    own: list[tuple[str, float, float]] = []  # (what, start, end) of vramguard's work and gc
+
     def count(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             collections[driving[0]][info["generation"]] += 1
+            count.began = time.perf_counter()  # type: ignore[attr-defined]
+        else:
+            own.append((f"gc{info['generation']}", count.began,  # type: ignore[attr-defined]
+                        time.perf_counter()))
     gc.callbacks.append(count)
+    worker_log = _WorkerLog(own)
+    logging.getLogger("vramguard").addHandler(worker_log)
+    logging.getLogger("vramguard").setLevel(logging.DEBUG)
+    guarded_spans: list[tuple[float, float]] = []
     ratios, bare_s, guarded_s = [], [], []
     latencies: dict[int, list[float]] = {id(bare): [], id(guarded): []}
     for index in range(rounds):
@@ -101,7 +141,8 @@ async def main(rounds: int, requests: int, kind: str) -> None:
         results = {}
         for app in order:
             driving[0] = id(app)
-            results[id(app)] = await drive(app, requests, latencies[id(app)])
+            results[id(app)] = await drive(app, requests, latencies[id(app)],
+                                           guarded_spans if app is guarded else None)
         bare_s.append(results[id(bare)])
         guarded_s.append(results[id(guarded)])
         ratios.append(results[id(guarded)] / results[id(bare)])
@@ -118,6 +159,13 @@ async def main(rounds: int, requests: int, kind: str) -> None:
         plain, with_guard = (percentile(latencies[id(app)], share) for app in (bare, guarded))
         print(f"{label:>6} latency: bare {plain * 1e6:8.1f} us, with middleware "
               f"{with_guard * 1e6:8.1f} us, ratio {with_guard / plain:.3f}")
+    # Which of vramguard's work (worker jobs, from their debug lines; gc collections) the
+    # guarded requests slower than the bare app's p99.9 overlapped: the rest is the machine.
+    slow_at = percentile(latencies[id(bare)], 0.999)
+    slow = [(a, b) for a, b in guarded_spans if b - a > slow_at]
+    hit = collections_by_kind(slow, own)
+    print(f"guarded requests slower than the bare p99.9 ({slow_at * 1e6:.0f} us): {len(slow)}; "
+          f"overlapping vramguard's work: {hit or 'none'}")
     print(f"gc collections (gen 0/1/2) during the rounds: bare {collections[id(bare)]}, "
           f"with middleware {collections[id(guarded)]}; worker: "
           f"{guarded.web.worker_failure or 'ok'}")
