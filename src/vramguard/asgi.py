@@ -149,11 +149,14 @@ class VramGuardMiddleware:
                 end()
 
     def _lifespan(self, receive: Receive) -> Receive:
-        # The server is shutting down: stop the web guard's worker thread with the app.
+        # The server is shutting down: stop the web guard's worker thread with the app (and let
+        # it run again if the same app is started again, as a test client may).
         async def watched() -> Message:
             message = await receive()
             if message.get("type") == "lifespan.shutdown":
                 self.web.close()
+            elif message.get("type") == "lifespan.startup":
+                self.web.reopen()
             return message
         return watched
 

@@ -155,3 +155,22 @@ def test_a_failing_route_check_stops_the_worker_once_and_requests_go_on(
     assert counts["/leak"] >= 31  # every request still counted after the failure
     app.close()
     KEPT.clear()
+
+
+def test_an_app_started_again_gets_its_worker_back() -> None:
+    # A test client (or a server) that runs the same app's lifespan twice in one process: the
+    # first shutdown stopped the worker, the second startup lets it run again.
+    windows = RecordingWindows()
+    web = _web(windows)
+    app = _app(web, set())
+    for _ in range(2):
+        windows.opened.clear()
+        with TestClient(app) as client:
+            for _ in range(400):  # bounded, as above
+                assert client.get("/leak").status_code == 200
+                if windows.opened.is_set() or not web.settle(timeout=60):
+                    break
+            assert windows.opened.is_set(), "no route check ran"
+            assert windows.opened_in == WORKER
+        assert not web.worker_alive
+    KEPT.clear()

@@ -79,6 +79,14 @@ class Worker:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def reopen(self) -> None:
+        """Accept jobs again after :meth:`close` (an app started again, e.g. a second lifespan in
+        one process); the thread starts at the next job. A failed worker stays stopped."""
+        with self._changed:
+            if self._closed and not self.alive:
+                self._closed = False
+                self._thread = None
+
     def idle(self, timeout: float | None = None) -> bool:
         """Wait until no job is pending or running (tests, shutdown); False on timeout."""
         with self._changed:

@@ -312,6 +312,11 @@ class WebGuard:
         guard goes on counting requests; route checks and censuses then run no more."""
         self._worker.close(timeout)
 
+    def reopen(self) -> None:
+        """Let the background worker run again after :meth:`close` (the ASGI lifespan's startup
+        calls it, so an app served twice in one process keeps its route checks)."""
+        self._worker.reopen()
+
     @property
     def worker_alive(self) -> bool:
         """True while the background worker's thread runs (it starts at the first job)."""
