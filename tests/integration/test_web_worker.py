@@ -92,17 +92,23 @@ def _served(app: VramGuardMiddleware) -> Iterator[httpx.Client]:
         KEPT.clear()
 
 
+def _until_checked(client: Any, web: WebGuard, windows: RecordingWindows, *paths: str) -> None:
+    # Requests until a route check (leak verdict: open a window) has run, waiting for the
+    # worker after each round. Bounded: a check is due every few dozen requests (the clock).
+    for _ in range(400):
+        for path in paths:
+            assert client.get(path).status_code == 200
+        if windows.opened.is_set() or not web.settle(timeout=60):
+            break
+    assert windows.opened.is_set(), "no route check ran"
+
+
 def test_the_route_check_opens_the_window_from_the_worker_and_stops_with_the_app() -> None:
     windows = RecordingWindows()
     web = _web(windows)
     threads: set[str] = set()
     with _served(_app(web, threads)) as client:
-        for _ in range(400):  # bounded: a check is due every few dozen requests (the clock)
-            assert client.get("/leak").status_code == 200
-            assert client.get("/clean").status_code == 200
-            if windows.opened.is_set() or not web.settle(timeout=60):
-                break
-        assert windows.opened.is_set(), "no route check opened a window"
+        _until_checked(client, web, windows, "/leak", "/clean")
         assert web.worker_alive
     assert windows.opened_in == WORKER
     assert threads  # the requests ran elsewhere (uvicorn's event loop)
@@ -137,11 +143,7 @@ def test_a_failing_route_check_stops_the_worker_once_and_requests_go_on(
     app = _app(web, set())
     caplog.set_level(logging.WARNING, logger="vramguard")
     with TestClient(app) as client:
-        for _ in range(400):  # bounded, as above
-            assert client.get("/leak").status_code == 200
-            if windows.opened.is_set() or not web.settle(timeout=60):
-                break
-        assert windows.opened.is_set(), "no route check ran"
+        _until_checked(client, web, windows, "/leak")
         web.settle(timeout=60)
         for _ in range(30):  # more requests, more due checks: no second failure, no error
             assert client.get("/leak").status_code == 200
@@ -166,11 +168,7 @@ def test_an_app_started_again_gets_its_worker_back() -> None:
     for _ in range(2):
         windows.opened.clear()
         with TestClient(app) as client:
-            for _ in range(400):  # bounded, as above
-                assert client.get("/leak").status_code == 200
-                if windows.opened.is_set() or not web.settle(timeout=60):
-                    break
-            assert windows.opened.is_set(), "no route check ran"
+            _until_checked(client, web, windows, "/leak")
             assert windows.opened_in == WORKER
         assert not web.worker_alive
     KEPT.clear()
