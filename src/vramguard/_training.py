@@ -190,9 +190,19 @@ class TrainingWatch:
             return self.on_leak
         return None
 
+    @property
+    def urgent(self) -> bool:
+        """A leak was seen and not acted on yet: the action waits for a check (the one after
+        the diagnosis window), so checks come every ``check_every`` steps until then."""
+        return self.leak_seen and not self.acted
+
     def spacing(self) -> int:
         """Steps to the next check this process would choose (the rank vote's proposal),
-        from the steps' mean wall time since the last check."""
+        from the steps' mean wall time since the last check; ``check_every`` while
+        :attr:`urgent` (the check that opened the diagnosis window cost a census, and would
+        otherwise have put the action thousands of steps off)."""
+        if self.urgent:
+            return self.cadence.every
         cost = self._own_clock() - self._check_began - self._acting_s
         return self.cadence.spacing(self._step_s, cost)
 

@@ -129,7 +129,8 @@ class VramGuardCallback(Callback):
             # every rank votes at every check, and agrees on the next check's step. Why this
             # collective is safe: distributed.training.stop_together.
             stop, spacing = stop_together(action == "stop", spacing,
-                                          getattr(trainer.strategy, "root_device", None))
+                                          getattr(trainer.strategy, "root_device", None),
+                                          urgent=watch.urgent)
             if stop:
                 trainer.should_stop = True
         watch.checked(spacing)

@@ -82,7 +82,8 @@ class VramGuardCallback(TrainerCallback):
             spacing = self.watch.spacing()
             if self.watch.on_leak == "stop":
                 stop, spacing = stop_together(action == "stop", spacing,
-                                              getattr(args, "device", None))
+                                              getattr(args, "device", None),
+                                              urgent=self.watch.urgent)
                 if stop:
                     control.should_training_stop = True
             self.watch.checked(spacing)

@@ -83,8 +83,13 @@ def test_at_the_guards_default_settings_rank_1_is_named_too(tmp_path: Path) -> N
     # steps, and the right final table in 5 runs of 5 by hand on a loaded 2-core box. (Their
     # warm-up, ~30 steps, keeps the step-100 jump in the window: a clean rank reads as a leak
     # at some checks in the middle; the final verdict over the whole window settles.)
+    # Since the reads of a distributed job are aligned (a power-of-two period, up to half as
+    # many), rank 0 has 50-70 samples here, and its own +150-180 B/step of DDP drift can end
+    # `inconclusive` (2 of 5 runs under load): honest, and not a flag. What must hold: rank 1
+    # is named, rank 0 is not.
     ranks = run(tmp_path, "--leak-rank", "1", guard=())
-    assert (ranks[0]["verdict"], ranks[1]["verdict"]) == ("no_leak", "leak")
+    assert ranks[1]["verdict"] == "leak"
+    assert ranks[0]["verdict"] in ("no_leak", "inconclusive")
     assert ranks[0]["table"]["leaking_ranks"] == [1]
 
 

@@ -120,3 +120,25 @@ def test_an_agreed_spacing_overrides_the_watchs_own() -> None:
     assert watch.spacing() == 10                             # its own choice: cost unknown
     watch.checked(spacing=37)
     assert watch.cadence.due == 47
+
+
+def test_while_a_leak_waits_for_its_action_checks_come_every_check_every_steps() -> None:
+    # The check that opens the diagnosis window is dear (a census); spaced by its cost, the
+    # action (at the first check after the window) would have come thousands of steps later.
+    clocks = Clocks()
+    watch = watch_with(clocks, guard_options={"diagnose": "never"})
+    drive(watch, clocks, 50, step_s=0.001, check_s=0.002)
+    assert watch.cadence.due == 50 + 400
+    watch.leak_seen = True                                   # as check() sets on a leak verdict
+    assert watch.urgent
+    for _ in range(400):
+        watch.begin()
+        clocks.wall += 0.001
+        if watch.end():
+            break
+    watch.check()
+    clocks.own += 0.5                                        # a dear check
+    assert watch.spacing() == 50
+    watch.acted = True
+    assert not watch.urgent
+    assert watch.spacing() > 50

@@ -52,25 +52,28 @@ def world() -> tuple[int, int] | None:
     return (rank, size) if size > 1 else None
 
 
-def stop_together(stop: bool, spacing: int, device: Any = None) -> tuple[bool, int]:
+def stop_together(stop: bool, spacing: int, device: Any = None, *,
+                  urgent: bool = False) -> tuple[bool, int]:
     """Whether any rank wants to stop, and the steps to the next check, on every rank alike:
-    ``(stop, spacing)`` themselves outside a distributed run, else a MAX all-reduce of both (a
-    tensor on ``device``: the backend's, e.g. ``cuda:N`` for NCCL; None: CPU). For
-    ``on_leak="stop"`` only: one rank leaving the training loop alone kills the others at their
-    next gradient all-reduce (gloo: "Connection closed by peer"; NCCL: a hang until its
-    timeout). Every rank must call it at the same step; agreeing on the largest of the ranks'
-    proposed check spacings (:class:`~vramguard._training.CheckCadence`: each rank measures its
-    own check's cost) keeps the next check at one step on all of them. That is what makes this
-    collective safe where monitoring collectives are not (an all_gather only some ranks reach,
-    Lightning#16541)."""
+    ``(stop, spacing)`` themselves outside a distributed run, else from one MAX all-reduce (a
+    tensor on ``device``: the backend's, e.g. ``cuda:N`` for NCCL; None: CPU). The spacing
+    agreed is the largest rank's proposal (each rank's checks cost differently:
+    :class:`~vramguard._training.CheckCadence`), or the smallest when a rank is ``urgent`` (its
+    leak action waits for a check). For ``on_leak="stop"`` only: one rank leaving the
+    training loop alone kills the others at their next gradient all-reduce (gloo: "Connection
+    closed by peer"; NCCL: a hang until its timeout). Every rank must call it at the same step,
+    which the agreed spacing keeps so; that is what makes this collective safe where
+    monitoring collectives are not (an all_gather only some ranks reach, Lightning#16541)."""
     if world() is None:
         return stop, spacing
     import torch
     import torch.distributed as dist
 
-    vote = torch.tensor([1 if stop else 0, spacing], dtype=torch.int64, device=device)
+    vote = torch.tensor([int(stop), int(urgent), spacing, -spacing], dtype=torch.int64,
+                        device=device)
     dist.all_reduce(vote, op=dist.ReduceOp.MAX)
-    return bool(vote[0].item()), int(vote[1].item())
+    stop_any, urgent_any, largest, least_negated = (int(value) for value in vote.tolist())
+    return bool(stop_any), -least_negated if urgent_any else largest
 
 
 class RankSharing:

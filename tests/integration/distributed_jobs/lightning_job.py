@@ -47,11 +47,13 @@ class Checks(L.Callback):
     """Records the steps at which the vramguard callback (registered before it) checked."""
 
     def __init__(self, callback: VramGuardCallback) -> None:
-        self.callback, self.at = callback, []
+        self.callback, self.at, self.kinds = callback, [], []
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if self.callback.train.checks > len(self.at):
-            self.at.append(self.callback.train.steps)
+        train = self.callback.train
+        if train.checks > len(self.at):
+            self.at.append(train.steps)
+            self.kinds.append(train.verdict.kind.value)
 
 
 def main() -> None:
@@ -81,6 +83,7 @@ def main() -> None:
             "sharer_running": sharing is not None and sharing.sharer.running,
             "series": [(s.request, s.allocated) for s in callback.train.guard.samples],
             "reason": None if verdict is None else verdict.reason, "checked_at": checks.at,
+            "check_verdicts": checks.kinds,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
     if sharing is not None and sharing.latest is not None:
         mine["table"] = sharing.latest.to_dict()
