@@ -24,6 +24,8 @@ import logging
 import threading
 from collections.abc import Callable, Hashable
 
+from vramguard.readers.heap import prime_thread_cache
+
 _log = logging.getLogger("vramguard")
 MAX_PENDING = 64  # jobs waiting at most; a request finding it full drops its ask (asked again later)
 _JOIN_S = 5.0     # close() waits at most this long for a job in progress
@@ -93,6 +95,10 @@ class Worker:
             return self._changed.wait_for(lambda: not (self._pending or self._busy), timeout)
 
     def _loop(self) -> None:
+        # This thread's analyses free lists sized by the sample counts: under the heap counter
+        # their chunks must not fill this thread's glibc tcache, which the counter counts as in
+        # use (see readers.heap.prime_thread_cache). No torch work here drains it again.
+        prime_thread_cache()
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._pending or self._closed)
