@@ -1,6 +1,9 @@
-"""Cost of the per-route leak check the web guard runs on a request thread (at most once a second
-per route, to decide whether to open a diagnosis window): ``decide(find_detection=False)`` on a
-route's sample history, flat and leaking, at 128 and 512 samples (the route book's cap).
+"""Cost of the per-route leak check that decides whether to open a diagnosis window:
+``decide(find_detection=False)`` on a route's sample history, flat and leaking, at 128 and 512
+samples (the route book's cap). The web guard runs it on its background worker
+(``adapters/checker.py``), never on a request's thread, at most once a second per route and, all
+routes together, within 5% of the budget in CPU time (``web._CHECK_SHARE``): this cost is what
+spaces the checks. The attribution's NNLS fit (~1-2 ms) comes on top.
 
 Run: python bench/route_check_cost.py
 """

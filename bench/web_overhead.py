@@ -1,16 +1,28 @@
 """Per-request overhead of the ASGI middleware (default settings) against the same app without it.
 
 A minimal in-process ASGI driver calls each app directly (no sockets, no HTTP parsing: what is
-left is the middleware's own cost). The handler is a ~1 ms torch request that keeps nothing.
+left is the middleware's own cost). The handler is a ~1 ms torch request that keeps nothing:
+``--app raw`` a bare ASGI callable (no route: the per-route machinery sees "<unmatched>" and
+never checks it), ``--app starlette`` (default) the same handler behind a Starlette router, so
+the route is matched and its once-a-second leak check runs as in a real app.
 Both apps are driven in interleaved rounds so machine noise hits both; we report the median of
-the per-round ratios, and per-request latency percentiles (p50 .. p99.9, max) of both.
-Run: python bench/web_overhead.py [--rounds 30] [--requests 200]
+the per-round ratios, per-request latency percentiles (p50 .. p99.9, max) of both, and the
+garbage collections that ran during each app's rounds.
+
+Before the rounds, after the warm-up, one ``gc.collect()``: a process that just imported torch
+owes a full collection of everything it imported (~80 ms here), which the first net allocations
+of whichever code runs next trigger. The bare handler allocates nothing that survives, so without
+it that one collection always landed in a guarded request. After it, a full collection needs a
+quarter of the heap to be new survivors, which the middleware's bounded state never reaches.
+Run: python bench/web_overhead.py [--rounds 30] [--requests 200] [--app starlette|raw]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import logging
 import statistics
 import time
 from typing import Any
@@ -21,7 +33,7 @@ from _workload import matmul_repetitions  # bench/ is on sys.path when run as a 
 from vramguard.asgi import VramGuardMiddleware
 
 
-def make_handler(target_s: float = 0.001) -> Any:
+def make_handler(target_s: float = 0.001, kind: str = "raw") -> Any:
     a, reps = matmul_repetitions(target_s)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -30,12 +42,23 @@ def make_handler(target_s: float = 0.001) -> Any:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"ok"})
-    return app
+    if kind == "raw":
+        return app
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def predict(request: Any) -> PlainTextResponse:
+        for _ in range(reps):
+            a @ a
+        return PlainTextResponse("ok")
+    return Starlette(routes=[Route("/predict", predict)])
 
 
-async def drive(app: Any, requests: int, latencies: list[float] | None = None) -> float:
+async def drive(app: Any, requests: int, latencies: list[float] | None = None,
+                spans: list[tuple[float, float]] | None = None) -> float:
     """Seconds per request for ``requests`` sequential GETs of /predict (each request's own
-    seconds appended to ``latencies`` when given)."""
+    seconds appended to ``latencies``, its (start, end) to ``spans``, when given)."""
     scope = {"type": "http", "method": "GET", "path": "/predict", "root_path": "",
              "headers": [], "query_string": b""}
 
@@ -49,9 +72,37 @@ async def drive(app: Any, requests: int, latencies: list[float] | None = None) -
     for _ in range(requests):
         began = time.perf_counter()
         await app(dict(scope), receive, send)
+        ended = time.perf_counter()
         if latencies is not None:
-            latencies.append(time.perf_counter() - began)
+            latencies.append(ended - began)
+        if spans is not None:
+            spans.append((began, ended))
     return (time.perf_counter() - started) / requests
+
+
+class _WorkerLog(logging.Handler):
+    """Collects the worker's "... done in X ms" debug lines as (what, start, end) spans."""
+
+    def __init__(self, spans: list[tuple[str, float, float]]) -> None:
+        super().__init__(logging.DEBUG)
+        self._spans = spans
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ended = time.perf_counter()
+        message = record.getMessage()
+        if record.threadName == "vramguard-web" and " done in " in message:
+            took = float(message.rsplit(" done in ", 1)[1].split()[0]) / 1e3
+            self._spans.append((message.split()[1], ended - took, ended))
+
+
+def collections_by_kind(slow: list[tuple[float, float]],
+                        own: list[tuple[str, float, float]]) -> dict[str, int]:
+    """How many of the ``slow`` (start, end) requests overlapped each kind of ``own`` span."""
+    found: dict[str, int] = {}
+    for began, ended in slow:
+        for kind in {what for what, a, b in own if a < ended and b > began}:
+            found[kind] = found.get(kind, 0) + 1
+    return found
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -60,21 +111,45 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
-async def main(rounds: int, requests: int) -> None:
-    bare = make_handler()
+async def main(rounds: int, requests: int, kind: str) -> None:
+    bare = make_handler(kind=kind)
     guarded = VramGuardMiddleware(bare, device="cpu")  # default settings (1% budget)
     await drive(guarded, requests)  # warm both up
     await drive(bare, requests)
+    gc.collect()  # the full collection the imports owe (see the module docstring)
+    collections: dict[int, list[int]] = {id(bare): [0, 0, 0], id(guarded): [0, 0, 0]}
+    driving = [id(bare)]
+
+    own: list[tuple[str, float, float]] = []  # (what, start, end) of vramguard's work and gc
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections[driving[0]][info["generation"]] += 1
+            count.began = time.perf_counter()  # type: ignore[attr-defined]
+        else:
+            own.append((f"gc{info['generation']}", count.began,  # type: ignore[attr-defined]
+                        time.perf_counter()))
+    gc.callbacks.append(count)
+    worker_log = _WorkerLog(own)
+    logging.getLogger("vramguard").addHandler(worker_log)
+    logging.getLogger("vramguard").setLevel(logging.DEBUG)
+    guarded_spans: list[tuple[float, float]] = []
     ratios, bare_s, guarded_s = [], [], []
     latencies: dict[int, list[float]] = {id(bare): [], id(guarded): []}
     for index in range(rounds):
         order = (bare, guarded) if index % 2 == 0 else (guarded, bare)
-        results = {id(app): await drive(app, requests, latencies[id(app)]) for app in order}
+        results = {}
+        for app in order:
+            driving[0] = id(app)
+            results[id(app)] = await drive(app, requests, latencies[id(app)],
+                                           guarded_spans if app is guarded else None)
         bare_s.append(results[id(bare)])
         guarded_s.append(results[id(guarded)])
         ratios.append(results[id(guarded)] / results[id(bare)])
+    gc.callbacks.remove(count)
+    guarded.close()
     median_bare, median_guarded = statistics.median(bare_s), statistics.median(guarded_s)
-    print(f"rounds={rounds} requests/round={requests} torch={torch.__version__}")
+    print(f"rounds={rounds} requests/round={requests} app={kind} torch={torch.__version__}")
     print(f"bare app:        {median_bare * 1e6:8.1f} us/request (median)")
     print(f"with middleware: {median_guarded * 1e6:8.1f} us/request (median)")
     print(f"median ratio:    {statistics.median(ratios):.4f} "
@@ -84,11 +159,22 @@ async def main(rounds: int, requests: int) -> None:
         plain, with_guard = (percentile(latencies[id(app)], share) for app in (bare, guarded))
         print(f"{label:>6} latency: bare {plain * 1e6:8.1f} us, with middleware "
               f"{with_guard * 1e6:8.1f} us, ratio {with_guard / plain:.3f}")
+    # Which of vramguard's work (worker jobs, from their debug lines; gc collections) the
+    # guarded requests slower than the bare app's p99.9 overlapped: the rest is the machine.
+    slow_at = percentile(latencies[id(bare)], 0.999)
+    slow = [(a, b) for a, b in guarded_spans if b - a > slow_at]
+    hit = collections_by_kind(slow, own)
+    print(f"guarded requests slower than the bare p99.9 ({slow_at * 1e6:.0f} us): {len(slow)}; "
+          f"overlapping vramguard's work: {hit or 'none'}")
+    print(f"gc collections (gen 0/1/2) during the rounds: bare {collections[id(bare)]}, "
+          f"with middleware {collections[id(guarded)]}; worker: "
+          f"{guarded.web.worker_failure or 'ok'}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--app", choices=("starlette", "raw"), default="starlette")
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.requests))
+    asyncio.run(main(args.rounds, args.requests, args.app))

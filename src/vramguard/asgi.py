@@ -3,7 +3,8 @@
     from vramguard.asgi import VramGuardMiddleware
     app.add_middleware(VramGuardMiddleware)
 
-Pure ASGI (no ``BaseHTTPMiddleware``): lifespan and websocket scopes pass straight through; each
+Pure ASGI (no ``BaseHTTPMiddleware``): lifespan and websocket scopes pass straight through (the
+lifespan's shutdown also stops the guard's background worker, :mod:`vramguard.adapters.checker`); each
 HTTP request is one Guard step attributed to its route template (``/items/{item_id}``, never the
 raw path). Serves ``healthz``, ``metrics`` and (opt-in) ``status`` under ``prefix``. The logic
 lives in :mod:`vramguard.adapters`.
@@ -95,6 +96,9 @@ class VramGuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point (hot path: one prefix test, ``begin`` and ``end``)."""
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan(receive), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -143,6 +147,23 @@ class VramGuardMiddleware:
         finally:
             if not ended:  # the app raised, or never finished its response
                 end()
+
+    def _lifespan(self, receive: Receive) -> Receive:
+        # The server is shutting down: stop the web guard's worker thread with the app (and let
+        # it run again if the same app is started again, as a test client may).
+        async def watched() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                self.web.close()
+            elif message.get("type") == "lifespan.startup":
+                self.web.reopen()
+            return message
+        return watched
+
+    def close(self) -> None:
+        """Stop the web guard's background worker (servers without a lifespan: call it at
+        shutdown; the ASGI lifespan's shutdown does it by itself)."""
+        self.web.close()
 
 
 async def _send(send: Send, response: Response, *, head: bool) -> None:

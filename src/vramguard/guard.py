@@ -54,6 +54,7 @@ _BASELINE_AT = 100      # auto warm-up: the tensor diff's baseline waits out aut
 _own_time = time.thread_time
 _MAX_OWN_SKIPS = 256  # reads skipped in a row for vramguard's own diagnosis, at most
 _FIRST_READ = 16        # with a budget, reads begin once the step time is known
+_DEFERRED_WAITS = 100   # a deferred census waits at most 100 x 1 ms for a read to finish
 
 
 class Guard:
@@ -70,6 +71,9 @@ class Guard:
     ``diagnose``: "auto" runs the next ``diagnose_steps`` steps after the first leak verdict under
     the allocation-site tracker, so :meth:`report` can name site, root and fix; "never": no
     window. ``unit``: what one step is called in reports ("step" for training, "request").
+    ``defer_census(groups, follow_graphs)``: where a step must not wait for a census (a web
+    request: the whole census would be that request's latency), a function that queues it on
+    another thread, which then calls :meth:`run_deferred_census`; True when queued.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class Guard:
         diagnose: str = "auto",
         diagnose_steps: int = 30,
         unit: str = "step",
+        defer_census: Callable[[bool, bool], bool] | None = None,
     ) -> None:
         if overhead_budget is not None and not 0 < overhead_budget < 1:
             raise ValueError(f"overhead_budget must be between 0 and 1, got {overhead_budget!r}")
@@ -95,6 +100,7 @@ class Guard:
         if census_every is not None and census_every < 1:
             raise ValueError(f"census_every must be a positive number of steps, got {census_every!r}")
         self._census_every = census_every
+        self._defer_census = defer_census
         self._warmup = warmup
         self._clock = clock
         self._lock = threading.Lock()
@@ -195,7 +201,9 @@ class Guard:
                 self._oom.write(source="exception", error=error)
 
     # -- reading --------------------------------------------------------------------------------
-    def _sample(self, request: int, now: float) -> None:
+    def _sample(self, request: int, now: float,
+                forced: tuple[bool, bool] | None = None) -> None:
+        # ``forced``: (groups, follow_graphs) of a deferred census to take with this sample.
         began = _own_time()
         account = self._account
         # The sample's few objects must not be what trips a garbage collection of the whole heap
@@ -216,7 +224,8 @@ class Guard:
                 return
             if mine is False:
                 self._own_skips = 0
-            census = self._census_if_due(request)
+            census = self._census_if_due(request) if forced is None else self._take_census(
+                groups=forced[0], follow_graphs=forced[1])
             if mine is not None:  # the heap counter is the signal here
                 # Once per thread (~0.5 ms), before the read is timed: paid from the
                 # account, but not the read cost that sets the read period.
@@ -277,19 +286,19 @@ class Guard:
         early = self._warmup is None and self._early is None
         if self._baseline is None and (early or step >= self._baseline_at()):
             if self._budget is None or account.census_affordable(scale=1.5):
-                return self._take_census(groups=True, follow_graphs=True)
+                return self._census_now_or_later(groups=True, follow_graphs=True)
             return None
         if self._sampler.cheap:
             if not self.device.is_cpu or not self._heap_grew() or not account.census_affordable():
                 return None
-            return self._take_census(groups=False, follow_graphs=False)
+            return self._census_now_or_later(groups=False, follow_graphs=False)
         if self._census_every is not None:
             if step < self._next_census:
                 return None
             self._next_census = step + self._census_every
         elif self._budget is not None and not account.census_affordable():
             return None
-        return self._take_census(groups=False, follow_graphs=True)
+        return self._census_now_or_later(groups=False, follow_graphs=True)
 
     def _mine(self) -> bool | None:
         # Whether vramguard's own diagnosis is on the heap now; None where it cannot matter: only
@@ -298,6 +307,34 @@ class Guard:
         if not self.device.is_cpu or not self._sampler.cheap:
             return None
         return own.running()
+
+    def _census_now_or_later(self, *, groups: bool, follow_graphs: bool) -> Census | None:
+        # A deferred census is paid when it runs (run_deferred_census): queued now, none here.
+        if self._defer_census is not None and self._defer_census(groups, follow_graphs):
+            return None
+        return self._take_census(groups=groups, follow_graphs=follow_graphs)
+
+    def run_deferred_census(self, *, groups: bool, follow_graphs: bool) -> bool:
+        """Take a census that ``defer_census`` queued, with a sample, on this thread (the
+        deferring thread's); True when taken. The read that queued it is still finishing when
+        this starts: wait for it (microseconds; bounded). Skipped when reads keep this busy, the
+        guard failed or the account is overdrawn: the next read that finds it due queues it
+        again."""
+        for _ in range(_DEFERRED_WAITS):
+            with self._lock:
+                claimed = not self._sampling
+                if claimed:
+                    self._sampling = True
+            if claimed:
+                break
+            time.sleep(0.001)
+        else:
+            return False
+        if self._failed or self._account.overdrawn():
+            self._sampling = False
+            return False
+        self._sample(max(0, self.requests - 1), self._clock(), forced=(groups, follow_graphs))
+        return True
 
     def _take_census(self, *, groups: bool, follow_graphs: bool) -> Census:
         started = _own_time()

@@ -77,6 +77,11 @@ class VramGuardWSGI:
             # one's reading. A streamed body's generator runs later, outside the step.
             self._end(ticket, environ)
 
+    def close(self) -> None:
+        """Stop the web guard's background worker thread (a daemon: call it at shutdown where the
+        server lets you; see :mod:`vramguard.adapters.checker`)."""
+        self.web.close()
+
     def _safe_route(self, environ: dict[str, Any]) -> str | None:
         try:
             return self._route_of(environ) if self._route_of is not None else None

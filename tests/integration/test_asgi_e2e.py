@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import torch
-import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.net import free_port
+from tests.integration.net import free_port, uvicorn_thread
 from vramguard.asgi import VramGuardMiddleware
 from vramguard.commands.main import main
 
@@ -172,26 +170,13 @@ def async_app() -> FastAPI:
 def test_async_endpoint_gets_its_allocation_line() -> None:
     # ``async def`` endpoints run on the event loop thread, where the middleware activates the
     # site tracker: the status also names the line that allocated the leaked tensors.
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(async_app(), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for _ in range(200):  # until uvicorn listens
-                try:
-                    client.get("/clean")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        with uvicorn_thread(async_app(), "/clean") as client:
             for _ in range(30):
                 assert client.get("/leaky").status_code == 200
                 assert client.get("/clean").status_code == 200
             routes = diagnosed(client, "/leaky", "/leaky")
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         async_history.clear()
     assert routes["/leaky"]["check"]["suspects"], {
         k: v for k, v in routes["/leaky"].items() if k != "check"} | {

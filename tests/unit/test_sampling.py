@@ -31,7 +31,7 @@ def test_aligned_reads_fall_on_multiples_of_a_power_of_two_alike_on_every_rank()
     assert (cheap.read_period(), dear.read_period()) == (3, 8)
     assert cheap.next_read(13) == 16                          # 13 + 3
     assert cheap.next_read(14) == 17
-    assert cheap.next_read(14, aligned=True) == 16            # the next multiple of 4
+    assert cheap.next_read(14, aligned=True) == 16            # the next multiple of 4 (~3)
     assert dear.next_read(13, aligned=True) == 16
 
     def schedule(budget: Budget) -> set[int]:

@@ -212,6 +212,9 @@ def status_document(web: WebGuard) -> dict[str, Any]:
                    "windows": attribution.windows},
         "cleanup": {"runs": cleanup.runs, "freed_bytes": cleanup.freed_bytes,
                     "seconds": cleanup.seconds},
+        # The background worker (route checks, censuses): null while it works; else why it
+        # stopped (verdicts go on; no diagnosis window opens by itself).
+        "worker_failed": web.worker_failure,
     }
 
 

@@ -22,11 +22,13 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
-from vramguard.adapters.attribution import Attribution, Window, WindowLog, attribute
+from vramguard.adapters.attribution import Attribution, RouteEstimate, Window, WindowLog, attribute
+from vramguard.adapters.checker import Worker
 from vramguard.adapters.cleanup import Cleanup, CleanupStats
 from vramguard.adapters.counter import Counter
 from vramguard.adapters.health import Health, decide_health, hold
@@ -35,9 +37,10 @@ from vramguard.adapters.options import WebOptions
 from vramguard.adapters.routes import UNMATCHED, RouteBook, RouteCounts, combine
 from vramguard.adapters.window import RouteDiagnosis, Windows, WindowState
 from vramguard.analysis.suspects import Suspect, TensorGrowth
-from vramguard.analysis.verdict import Verdict, VerdictKind
+from vramguard.analysis.verdict import Verdict, VerdictKind, decide
 from vramguard.guard import Guard, _Step
 from vramguard.readers.device import resolve_device
+from vramguard.readers.heap import prime_thread_cache
 from vramguard.readers.sampler import Sampler
 from vramguard.sampling import cost_estimate
 
@@ -45,6 +48,12 @@ _log = logging.getLogger("vramguard")
 _OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests that ended
 _ATTRIBUTION_EVERY_S = 1.0  # the windows' fit is recomputed at most this often
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
+# ... and all routes' checks together take at most this share of the budget in CPU time, as
+# measured. The Guard's account spends at most 0.9 of its half (sampling.ACCOUNT_SHARE) and the
+# cuts their half: the checks take the 5% left, so the three stay within the budget together.
+# A check costs 2-5 ms here: at the 1% default, one (of any route) every 4-10 s; a window
+# opens at most every ``diagnose_every`` (600 s) per route anyway.
+_CHECK_SHARE = 0.05
 
 
 @dataclass(slots=True)
@@ -81,13 +90,19 @@ class WebGuard:
         counter: Counter | None = None,
     ) -> None:
         self._sampler = Sampler(resolve_device(device))
+        # Work a request asks for runs here, never on the request's thread (adapters/checker.py).
+        self._worker = Worker(self._background, name="vramguard-web")
         # One budget for the whole web guard: half for the Guard's own reads, half for the
         # before/after pairs that attribute memory to routes (see _pair_period).
         self.guard = Guard(device, overhead_budget=None if overhead_budget is None
                            else overhead_budget * 0.5, warmup=warmup,
                            census_every=census_every, clock=clock, sampler=self._sampler,
                            # h10: the web guard runs its own per-route diagnosis windows
-                           diagnose="never", unit="request")
+                           diagnose="never", unit="request",
+                           # A census is one C pass over the whole heap (tens to hundreds of ms):
+                           # inside a request it is that request's latency, all of it. Taken on
+                           # the worker instead, paid from the same budget; see Guard.
+                           defer_census=self._defer_census)
         self.options = options or WebOptions()
         self._budget = overhead_budget
         self._clock = clock
@@ -104,7 +119,7 @@ class WebGuard:
         self._gap = 1          # requests (begun since the last cut) until the next sample
         self._closing = False  # the last cut opened a sample: the next idle start closes it
         self._jitter = random.Random(0)
-        self._read_cost = 0.0     # EWMA: seconds for one read of the counter
+        self._read_cost = 0.0     # seconds one cut costs (read and bookkeeping)
         self._attribution: tuple[int, float, Attribution] | None = None  # (added, at, result)
         self._request_time = 0.0  # EWMA: seconds per request
         self._cleaner = Cleanup(self.options, self.guard.device, self._sampler)
@@ -114,6 +129,7 @@ class WebGuard:
         self._windows = windows or Windows(self.options.diagnose_requests,
                                            self.options.diagnose_every, clock)
         self._verdict_checked: dict[str, float] = {}
+        self._next_check = float("-inf")  # no route check before this (the checks' budget)
         # The last unhealthy answer and the verdict behind it (None: the overall one), held until
         # that verdict says no leak (see health()).
         self._unhealthy: tuple[str | None, Health | None] = (None, None)
@@ -175,7 +191,7 @@ class WebGuard:
                         _OVERLAP_CUT, self._cut_period()):
                     self._cut(now)
                 quiet = self._in_flight == 0
-            self._maybe_diagnose(name)
+            self._maybe_diagnose(name, now)
             if self._windows.open:
                 self._windows.ended(name)
             if quiet:
@@ -187,12 +203,15 @@ class WebGuard:
         # Under the lock. The read stays outside the Guard's step: it does not inflate its time.
         # Its cost is CPU time: on a loaded machine the wall clock also counts the time the
         # thread waited for a core, which the read did not cost the service.
+        # What a cut costs is the read *and* the bookkeeping of the windows it finishes (the
+        # route's series, the window log): 15-20 us beside a 5 us read here; budgeting the read
+        # alone cut 3-4x as often as the budget affords (bench/web_overhead.py).
         started = time.thread_time()
         value = self._counter.read()
-        cost = time.thread_time() - started
-        self._read_cost = cost_estimate(self._read_cost, cost)  # the Guard's rule for costs
         self._cuts += 1
         self._book(self._ledger.cut(now, value, self._windows.scan_epoch))
+        cost = time.thread_time() - started
+        self._read_cost = cost_estimate(self._read_cost, cost)  # the Guard's rule for costs
 
     def _book(self, finished: list[Finished]) -> None:
         # Under the lock: exact windows feed their route's series, every usable one the log.
@@ -232,20 +251,87 @@ class WebGuard:
         under diagnosis (a no-op context otherwise; never raises)."""
         return self._windows.track(route)
 
-    def _maybe_diagnose(self, name: str) -> None:
-        # Deciding costs milliseconds at hundreds of samples: at most once a second per route,
-        # and only when a window could open. The window itself runs in its own thread, and
-        # measures what grew there (a census at its start and end, off the request path).
-        now = self._clock()
-        if (name == UNMATCHED or not self._windows.due(name)
-                or now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S):
+    def _maybe_diagnose(self, name: str, now: float) -> None:
+        # Hot path: at most once a second per route, and only when a window could open, ask the
+        # worker to check the route. The check (decide + the attribution's NNLS, 2-5 ms) ran here
+        # before, on the request that happened to end a second after the last one: that
+        # request's latency, one in ~1,000 at 1 ms requests, i.e. the p99.9. The window itself
+        # runs in its own thread, and measures what grew there (a census at its start and end).
+        if (now < self._next_check
+                or now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S
+                or name == UNMATCHED or not self._windows.due(name)):
             return
         self._verdict_checked[name] = now
+        self._worker.ask(("route", name))
+
+    def _background(self, job: Hashable) -> None:
+        # The worker's thread (adapters/checker.py): an exception here stops the worker, which
+        # says so once; the requests never see it. Jobs: ("route", name), ("census", groups,
+        # follow_graphs).
+        kind, *args = cast("tuple[Any, ...]", job)
+        if self.guard.device.is_cpu:
+            # This thread's analysis frees lists sized by the sample count into its own glibc
+            # tcache, which the heap counter counts: fill it once, as the Guard's threads do.
+            prime_thread_cache()
+        started = time.perf_counter()
+        if kind == "route":
+            self._check_route(args[0])
+        elif not self.guard.run_deferred_census(groups=args[0], follow_graphs=args[1]):
+            return
+        # The record's thread name says where it ran (the tests).
+        _log.debug("vramguard: %s %s done in %.1f ms", kind, args,
+                   (time.perf_counter() - started) * 1e3)
+
+    def _check_route(self, name: str) -> None:
+        # Whether the route's verdict opens a diagnosis window. The series is copied under the
+        # lock and decided outside it, as RouteBook.verdict decides it (without the detection
+        # point, which the kind does not need: half the cost): a request's begin/end must not
+        # wait milliseconds for the lock while this runs. On the worker it still competes for
+        # the GIL with the requests, so its CPU time is budgeted: the next check of any route
+        # waits until the checks' share of the budget has paid for this one.
+        started = time.thread_time()
         try:
-            if self.route_verdict(name, fresh=False).kind is VerdictKind.LEAK:
+            with self._lock:
+                samples = self._routes.samples(name)
+                requests = self._routes.counts(name).requests
+                upper = self._routes.upper(name)
+            estimate = self.attribution(fresh=False).route(name)
+            exact = decide(samples, find_detection=False)
+            if self._combine(exact, estimate, requests, upper).kind is VerdictKind.LEAK:
                 self._windows.start(name, None)
-        except Exception:  # diagnosis is extra: it stops, the guard and the request go on
-            self._windows.fail("deciding whether to open a window")
+        finally:
+            if self._budget is not None:
+                cost = time.thread_time() - started
+                self._next_check = self._clock() + cost / (self._budget * _CHECK_SHARE)
+
+    def _defer_census(self, groups: bool, follow_graphs: bool) -> bool:
+        return self._worker.ask(("census", groups, follow_graphs))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the background worker (the ASGI lifespan's shutdown calls it; idempotent). The
+        guard goes on counting requests; route checks and censuses then run no more."""
+        self._worker.close(timeout)
+
+    def reopen(self) -> None:
+        """Let the background worker run again after :meth:`close` (the ASGI lifespan's startup
+        calls it, so an app served twice in one process keeps its route checks)."""
+        self._worker.reopen()
+
+    @property
+    def worker_alive(self) -> bool:
+        """True while the background worker's thread runs (it starts at the first job)."""
+        return self._worker.alive
+
+    @property
+    def worker_failure(self) -> str | None:
+        """Why the background worker stopped on its own (None: it did not): route checks no
+        longer open diagnosis windows, the Guard takes no census; verdicts go on."""
+        return self._worker.failed
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the background worker has run what was asked of it (tests, benchmarks);
+        False on timeout."""
+        return self._worker.idle(timeout)
 
     def diagnose(self, route: str) -> bool:
         """Open a diagnosis window on ``route`` now, whatever its verdict (an operator's "explain
@@ -324,13 +410,17 @@ class WebGuard:
             requests = self._routes.counts(route).requests
             upper = self._routes.upper(route)
             holding = self._routes.holding(route)
-        verdict = combine(exact, self.attribution(fresh=fresh).route(route), requests,
-                          floor=self._counter.request_floor, upper=upper)
+        verdict = self._combine(exact, self.attribution(fresh=fresh).route(route), requests,
+                                upper)
         # Held while the process keeps growing (RouteBook.kept); the process's samples are
         # built only when the keeper reads them (a leak to note, or a leak it holds).
         samples = self.guard.samples if verdict.is_leak or holding else ()
         with self._lock:
             return self._routes.kept(route, verdict, samples, self.guard.signal_floor)
+
+    def _combine(self, exact: Verdict, estimate: RouteEstimate | None, requests: int,
+                 upper: float | None) -> Verdict:
+        return combine(exact, estimate, requests, floor=self._counter.request_floor, upper=upper)
 
     def route_suspects(self, route: str, limit: int = 5) -> tuple[Suspect, ...]:
         """One route's suspects once a diagnosis window on it finished (opened by its leak
