@@ -98,7 +98,7 @@ class Worker:
         # This thread's analyses free lists sized by the sample counts: under the heap counter
         # their chunks must not fill this thread's glibc tcache, which the counter counts as in
         # use (see readers.heap.prime_thread_cache). No torch work here drains it again.
-        prime_thread_cache()
+        prime_thread_cache(long_lived=True)
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._pending or self._closed)
