@@ -83,19 +83,19 @@ def _probe_block() -> Callable[[], None]:
 _TCACHE_REQUESTS = range(24, 1033, 16)
 _TCACHE_COUNT = 7
 _thread_primed = threading.local()
-# A thread is primed at its 32nd call, not its first: a thread that lives for a request or two
-# (a thread-per-connection server such as Werkzeug's HTTP/1.0 dev server makes one per request,
-# and reads before and after it) would otherwise fill a tcache that it hands back to the arenas
-# only as it exits, after Python's join() returned: 40-320 KiB of noise in reads taken around
-# those exits (measured over 200 such threads; Flask's e2e test then read its clean route as a
-# leak). A thread that keeps reading or judging gets primed by its 32nd call, before its frees
-# of the analysis's lists fill its tcache (they reach tcache sizes at ~64 samples).
-_PRIME_AT_USE = 32
+# Which threads are filled: the main thread (a training loop, `check`, the pytest marker, an
+# ASGI server's event loop) and vramguard's own worker, at their first read or verdict. Not
+# other threads: one that lives for a request or two (a thread-per-connection server such as
+# Werkzeug's HTTP/1.0 dev server makes one per request) hands its tcache back only as it exits,
+# after Python's join() returned, which left 40-320 KiB of noise in the reads around those exits
+# (measured over 200 such threads; Flask's e2e test then read its clean route as a leak). And
+# not later than the first use: filled at a thread's 32nd use instead, the one-off +220 KiB
+# landed inside short runs' windows (9 suite failures: leaks read as no_leak).
 
 
 def prime_thread_cache(*, long_lived: bool = False) -> None:
-    """Fill this thread's glibc tcache, once per thread, at its 32nd call (~0.5 ms; up to
-    ~230 KiB it keeps).
+    """Fill this thread's glibc tcache, once, in the main thread and vramguard's own worker
+    (~0.5 ms; up to ~230 KiB it keeps).
 
     ``mallinfo2`` counts the chunks a thread's tcache keeps as in use. A thread's tcache fills
     as it frees chunks of new sizes, and the guard's own analysis frees lists sized by the
@@ -105,18 +105,17 @@ def prime_thread_cache(*, long_lived: bool = False) -> None:
     first 400 checks. Filled now, the thread's later frees of those sizes go back to malloc's
     bins (free: not counted), and its mallocs take chunks from the tcache, which the count
     already includes: the series stays flat (measured: flat from the priming on). It has to
-    happen in each thread, after the thread's first work (a torch model's first steps drain
-    the bins again: priming before them did not help), hence where it is called: a thread's
-    heap reads and verdicts (primed at the 32nd of them, see ``_PRIME_AT_USE``). The cost to
+    happen in the thread that judges, after its first work (a torch model's first steps drain
+    the bins again: priming at import did not help), hence where it is called: the thread's
+    first heap read or verdict (which threads: see the comment above). The cost to
     a real leak: its first 7 chunks of each size are not seen; a leak is unbounded, that lag
     is not. With a larger ``tcache_count`` tunable the cache is only partly filled
     (harmless). ``long_lived``: the caller knows this thread lives on (vramguard's own
-    worker): filled now."""
-    uses = getattr(_thread_primed, "uses", 0) + 1
-    if uses > _PRIME_AT_USE:
+    worker): filled whatever thread it is."""
+    if getattr(_thread_primed, "done", False):
         return
-    _thread_primed.uses = _PRIME_AT_USE if long_lived else uses
-    if uses < _PRIME_AT_USE and not long_lived:
+    _thread_primed.done = True
+    if not long_lived and threading.current_thread() is not threading.main_thread():
         return
     try:
         libc = _libc()
