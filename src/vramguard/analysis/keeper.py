@@ -51,13 +51,16 @@ class Keeper:
     are the verdict's own series (the Guard, loadtest), so a leak found in the samples since the
     last leak is handed out as the fresher verdict; False where they are the process's series
     behind a narrower verdict (a route), which then holds its own last leak verdict instead.
-    ``seen``: the newest sample at the last leak verdict; ``seen_at``: that verdict's request
+    ``hold_unsure``: hold a leak through inconclusive windows (rule 2); False keeps only the
+    hold after a fall (rule 3), the Guard's (see its comment). ``seen``: the newest sample at
+    the last leak verdict; ``seen_at``: that verdict's request
     count (a route's requests, for how much the process should have grown since);
     ``last``: the verdict handed out last.
     """
 
     floor: Floor = EXACT
     own: bool = True
+    hold_unsure: bool = True
     seen: Sample | None = None
     last: Verdict | None = None
     seen_at: int = 0
@@ -82,7 +85,7 @@ class Keeper:
         if seen is None or seen.allocated is None or last is None or not last.is_leak:
             return self._let_go(verdict)
         after = [s for s in samples if s.request > seen.request and s.allocated is not None]
-        unsure = verdict.kind is VerdictKind.INCONCLUSIVE
+        unsure = verdict.kind is VerdictKind.INCONCLUSIVE and self.hold_unsure
         if not after:
             if unsure:  # nothing read since the leak: an inconclusive window cannot end it
                 return self._hold(verdict, last, "no memory reading since the leak was last "
