@@ -112,8 +112,7 @@ class TrainingWatch:
         self.on_leak = on_leak
         self.report_path = None if report is None else Path(report)
         self.check_every = check_every
-        dense = "overhead_budget" in (guard_options or {}) and \
-            (guard_options or {})["overhead_budget"] is None
+        dense = (guard_options or {}).get("overhead_budget", CHECK_SHARE) is None
         self.cadence = CheckCadence(check_every, share=None if dense else CHECK_SHARE)
         self.checks = 0
         self.steps = 0  # steps ended (the Guard's own count, kept where the hot path reads it)

@@ -63,14 +63,20 @@ def _bind_mallinfo2() -> Callable[[], _MallInfo2]:
     return function
 
 
-def _probe_block() -> Callable[[], None]:
-    """A 40 MiB ``malloc`` and its ``free``: malloc serves it with mmap and touches no page,
-    so the probe costs microseconds (a zeroed Python buffer would cost tens of ms)."""
+def _malloc_free() -> ctypes.CDLL:
+    """The C library with ``malloc`` and ``free`` typed for ctypes (pointers, not ints)."""
     libc = _libc()
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.restype = None
     libc.free.argtypes = [ctypes.c_void_p]
+    return libc
+
+
+def _probe_block() -> Callable[[], None]:
+    """A 40 MiB ``malloc`` and its ``free``: malloc serves it with mmap and touches no page,
+    so the probe costs microseconds (a zeroed Python buffer would cost tens of ms)."""
+    libc = _malloc_free()
     block = libc.malloc(_PROBE_BYTES)
 
     def release() -> None:
@@ -118,11 +124,7 @@ def prime_thread_cache(*, long_lived: bool = False) -> None:
     if not long_lived and threading.current_thread() is not threading.main_thread():
         return
     try:
-        libc = _libc()
-        libc.malloc.restype = ctypes.c_void_p
-        libc.malloc.argtypes = [ctypes.c_size_t]
-        libc.free.restype = None
-        libc.free.argtypes = [ctypes.c_void_p]
+        libc = _malloc_free()
         # All allocated first, then all freed: interleaved, each free would hand back the
         # chunk the next malloc of its size takes, and fill one chunk per bin.
         blocks = [libc.malloc(size) for size in _TCACHE_REQUESTS for _ in range(_TCACHE_COUNT)]
