@@ -101,3 +101,45 @@ def test_bad_guard_settings_name_the_value() -> None:
         Guard("cpu", unit="batch")
     with pytest.raises(ValueError, match="diagnose_steps must be a positive number"):
         Guard("cpu", diagnose_steps=0)
+
+
+# The first leak warning rendered the report, and rendering imported rich (~1 MiB of the C heap
+# with its emoji table): a jump mid-window, on the very counter the Guard judges. A clean CPU
+# DDP rank's early false alarm then read as a leak to the end of its run (CI, HF under
+# torchrun). In a fresh process, so that rich is not already imported by the test session.
+_FIRST_RENDER = """
+import sys
+import torch
+from vramguard import Guard
+from vramguard.readers.heap import HeapCounter
+history = []
+guard = Guard("cpu", overhead_budget=None, warmup=5, diagnose="never")
+for _ in range(40):
+    with guard.step():
+        history.append(torch.randn(256))
+report = guard.report("loop")
+heap = HeapCounter()
+before = heap.read()
+text = str(report)
+print(heap.read() - before, "rich._emoji_codes" in sys.modules)
+"""
+
+
+def test_the_first_report_does_not_move_the_heap_the_guard_watches() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _FIRST_RENDER], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    moved, emoji_table = done.stdout.split()
+    assert int(moved) < 64 << 10, moved       # was ~1 MiB: rich imported by the first render
+    assert emoji_table == "False"
+
+
+def test_report_text_keeps_colon_words_as_written() -> None:
+    guard = Guard("cpu", overhead_budget=None, warmup=5, diagnose="never")
+    for _ in range(30):
+        with guard.step():
+            pass
+    assert ":thumbs_up:" in str(guard.report(":thumbs_up: route"))

@@ -67,11 +67,29 @@ def test_the_first_census_is_priced_at_a_guess_and_dense_mode_keeps_censuses_und
 def test_an_overdrawn_account_pauses_reads_until_paid_back():
     budget = Budget(0.01)
     _steps(budget, 1000, 0.001)
-    budget.paid(0.05)  # a read preempted... or a census that cost more than its estimate
+    budget.paid(0.05)  # a read preempted (the thread descheduled mid-read)
     assert budget.overdrawn()
     _steps(budget, 5000, 0.001)
     assert not budget.overdrawn()
     assert not Budget(None).overdrawn()
+
+
+def test_a_census_dearer_than_its_estimate_pauses_censuses_not_reads():
+    # A leaking rank's bytes-only censuses grow dearer with what the leak keeps; their overdraft
+    # paused the reads (the signal) until repaid, and the rank ended `inconclusive`.
+    budget = Budget(0.01)
+    _steps(budget, 1000, 0.001)  # 1 s of steps: 9 ms to spend
+    budget.census_took(0.05)
+    budget.paid(0.05)
+    assert not budget.overdrawn()                   # reads go on at their own period
+    assert not budget.census_affordable()           # the next census waits for the repayment
+    budget.paid(0.005)
+    assert not budget.overdrawn()                   # 5 ms of reads of the 9 earned
+    budget.paid(0.005)
+    assert budget.overdrawn()                       # reads past what was earned still pause
+    _steps(budget, 100_000, 0.001)                  # 101 s earn 0.91 s: the census repaid
+    assert not budget.overdrawn()
+    assert budget.census_affordable()
 
 
 def test_history_halves_evenly_and_keeps_census_samples_apart():

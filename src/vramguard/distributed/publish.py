@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from vramguard.distributed.store import WORLD_KEY, default_store, private_connection, rank_key
 from vramguard.distributed.summary import RankSummary, summarize
 from vramguard.errors import UsageError
+from vramguard.readers.heap import prime_thread_cache
 from vramguard.readers.rank import read_identity
 from vramguard.units import parse_duration
 
@@ -131,6 +132,12 @@ class Sharer:
         return attempts
 
     def _run(self) -> None:
+        # This thread judges (a publish recomputes the verdict when a step added a sample since
+        # the check) and talks to the store: its frees of the analysis's growing lists and of
+        # the store's buffers would fill its tcache under the CPU heap counter, a clean DDP
+        # rank's heap then grew ~300 B/step over its first few hundred steps (see
+        # readers.heap.prime_thread_cache).
+        prime_thread_cache(long_lived=True)
         while not self._stop.is_set():
             self.publish()
             self._soon.wait(self.every_s)

@@ -136,6 +136,9 @@ class RankSharing:
             self._wake.notify()
 
     def _read_loop(self) -> None:
+        from vramguard.readers.heap import prime_thread_cache
+
+        prime_thread_cache(long_lived=True)  # as the sharer's thread (distributed.publish)
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._due is not None or self._closed)

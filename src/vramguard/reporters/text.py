@@ -28,8 +28,10 @@ def render_check(result: Report, stream: TextIO, *, color: bool | None = None) -
     """
     if color is None and os.environ.get("NO_COLOR"):
         color = False
+    # emoji=False: a report quotes names and source lines, whose ":name:" must stay as written
+    # (and rich's emoji table, ~0.5 MiB imported on first use, stays off the heap it watches).
     console = Console(file=stream, no_color=color is False, force_terminal=color,
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, emoji=False)
     verdict = result.verdict
     style = _STYLE.get(verdict.kind, "bold yellow")
     unit = result.unit  # "request" for services, "step" for training (Guard(unit=...))
