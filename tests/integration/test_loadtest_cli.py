@@ -237,13 +237,20 @@ def wait_for_server_requests(base: str, at_least: int) -> None:
 
 def cut_short(base: str, cut: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str, str]:
     start = server_requests(base)
-    run = subprocess.Popen([sys.executable, "-m", "vramguard", "loadtest",
+    # -X faulthandler: a run that does not end after its cut is aborted and shows where each
+    # thread was (seen twice in full suites under two busy loops, never alone: not found yet).
+    run = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "vramguard", "loadtest",
                             f"{base}/predict/leaky", "--requests", "1000000", "--sample-every",
                             "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=ENV)
     wait_for_server_requests(base, start + 100)
     cut(run)
-    out, err = run.communicate(timeout=240)
+    try:
+        out, err = run.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        run.send_signal(signal.SIGABRT)
+        out, err = run.communicate(timeout=60)
+        raise AssertionError(f"loadtest did not end after its cut:\n{err[-6000:]}") from None
     return run.returncode, out, err
 
 
