@@ -36,10 +36,10 @@ sys.path[:0] = [{src!r}]
 import torch, torch.distributed as dist
 import vramguard.readers.heap as heap
 mode = {mode!r}
-if mode == "unprimed":
-    heap.prime_thread_cache = lambda long_lived=False: None
+if mode == "unprimed":  # the sharing threads only: the Guard still primes the main thread
     import vramguard.distributed.publish as publish
-    publish.prime_thread_cache = heap.prime_thread_cache
+    import vramguard.distributed.training as training
+    publish.prime_thread_cache = training.prime_thread_cache = lambda long_lived=False: None
 from vramguard._training import TrainingWatch
 counter = heap.HeapCounter()
 dist.init_process_group("gloo")
@@ -86,9 +86,12 @@ def run(mode: str) -> str:
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
              "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(script)],
             env=env, capture_output=True, text=True, timeout=300, check=False)
-    lines = [line.split("]:", 1)[-1] for line in done.stdout.splitlines() if "B/step" in line]
+    # Only the ranks' result lines: the rank tables the watch logs also say "B/step".
+    lines = [line.split("]:", 1)[-1] for line in done.stdout.splitlines()
+             if f"{mode:9} rank " in line]
     if done.returncode != 0 or len(lines) != 2:
-        return f"{mode}: failed (exit {done.returncode})\n{done.stderr[-1500:]}"
+        return (f"{mode}: failed (exit {done.returncode})\n{done.stdout[-1500:]}"
+                f"{done.stderr[-1500:]}")
     return "\n".join(sorted(lines))
 
 

@@ -121,15 +121,16 @@ class Guard:
         self._baseline: Census | None = None
         self._verdict: Verdict | None = None
         # Holds a leak verdict through a fall of memory (a large free mid-leak). Not through
-        # inconclusive windows (hold_unsure=False): in CPU DDP jobs a clean rank's own drift
-        # (0.6-2 KiB/step of the heap) kept up with an early false alarm, and the hold carried
+        # inconclusive windows (hold_unsure=False): in CPU DDP jobs a clean rank's drift
+        # (0.6-2 KiB/step of the heap, much of it since found to be vramguard's own sharing
+        # threads: distributed.publish) kept up with an early false alarm, and the hold carried
         # it to the end of the run (the DDP callback tests read a clean rank as `leak` in 2
         # runs of the suite); routes and loadtest hold through both.
         self._keeper = Keeper(self._sampler.floor, hold_unsure=False)
         if self.device.is_cpu and self._sampler.cheap:
-            # The text report's modules (rich: ~0.4 MiB of the C heap), imported now rather than
-            # by the first leak warning: that import landed mid-window, and a clean rank's early
-            # false alarm then read as a leak to the end of the run (CPU DDP, under load).
+            # The text report's modules (rich), imported now rather than by the first leak
+            # warning: that import moved the C heap by ~0.45-0.7 MiB mid-window (measured), and
+            # a clean DDP rank's early false alarm then read as a leak to the end of its run.
             import vramguard.reporters.text  # noqa: F401
         self._verdict_key: tuple[int, int] = (-1, -1)
         # -- issue 10 (h10): the Guard explains itself; logic in vramguard.guard_diagnosis --------

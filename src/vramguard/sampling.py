@@ -85,9 +85,9 @@ class Budget:
 
         What censuses spent does not pause reads: a census that cost more than its estimate is
         repaid by the censuses after it, which wait until the whole account is positive
-        (``census_affordable``). Paused reads were the signal lost to the explanation: on a
-        leaking DDP rank each bytes-only census got dearer with what the leak kept, and the
-        rank ended a 300-step run with 13-16 samples after warm-up (`inconclusive`)."""
+        (``census_affordable``). The census explains, the reads are the signal: a census grows
+        dearer with what a leak keeps, and its overdraft would otherwise blind the guard for
+        ~100 times its cost in steps' time, just while a leak goes on."""
         if self.share is None:
             return False
         return self.spent_s - self.census_spent_s > self.share * ACCOUNT_SHARE * self.busy_s

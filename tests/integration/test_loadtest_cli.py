@@ -237,11 +237,11 @@ def wait_for_server_requests(base: str, at_least: int) -> None:
 
 def cut_short(base: str, cut: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str, str]:
     start = server_requests(base)
-    # SIGINT at its default in the child, as in a terminal: an earlier test in the same pytest
-    # process can leave SIGINT ignored, a child inherits that, and Python then keeps it ignored
-    # (full suites: loadtest ran on past its Ctrl-C for the whole timeout, 3 runs of 3).
-    # -X faulthandler: a run that still does not end is aborted and shows every thread's stack.
-    # (A handled signal is reset to its default across exec; an ignored one is not.)
+    # SIGINT handled in the child, as in a terminal: an earlier test in the same pytest process
+    # can leave SIGINT ignored, an ignored signal survives exec (a handled one is reset), and
+    # Python then keeps it ignored (full suites: loadtest ran on past its Ctrl-C for the whole
+    # timeout, 3 runs of 3). -X faulthandler: a run that still does not end after its cut is
+    # aborted and shows every thread's stack.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "vramguard",

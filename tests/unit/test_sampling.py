@@ -75,8 +75,7 @@ def test_an_overdrawn_account_pauses_reads_until_paid_back():
 
 
 def test_a_census_dearer_than_its_estimate_pauses_censuses_not_reads():
-    # A leaking rank's bytes-only censuses grow dearer with what the leak keeps; their overdraft
-    # paused the reads (the signal) until repaid, and the rank ended `inconclusive`.
+    # A census grows dearer with what a leak keeps: its overdraft must not blind the reads.
     budget = Budget(0.01)
     _steps(budget, 1000, 0.001)  # 1 s of steps: 9 ms to spend
     budget.census_took(0.05)

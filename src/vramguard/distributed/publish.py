@@ -134,9 +134,9 @@ class Sharer:
     def _run(self) -> None:
         # This thread judges (a publish recomputes the verdict when a step added a sample since
         # the check) and talks to the store: its frees of the analysis's growing lists and of
-        # the store's buffers would fill its tcache under the CPU heap counter, a clean DDP
-        # rank's heap then grew ~300 B/step over its first few hundred steps (see
-        # readers.heap.prime_thread_cache).
+        # the store's buffers would fill its tcache under the CPU heap counter: a clean DDP
+        # rank's heap grew by hundreds of B/step over its first few hundred steps
+        # (bench/ddp_own_drift.py; see readers.heap.prime_thread_cache).
         prime_thread_cache(long_lived=True)
         while not self._stop.is_set():
             self.publish()

@@ -24,6 +24,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from vramguard.readers.heap import prime_thread_cache
+
 if TYPE_CHECKING:
     from vramguard.distributed.publish import Sharer
     from vramguard.distributed.ranktable import RankTable
@@ -136,8 +138,6 @@ class RankSharing:
             self._wake.notify()
 
     def _read_loop(self) -> None:
-        from vramguard.readers.heap import prime_thread_cache
-
         prime_thread_cache(long_lived=True)  # as the sharer's thread (distributed.publish)
         while True:
             with self._wake:

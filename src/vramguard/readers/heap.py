@@ -6,7 +6,7 @@ rise by exactly a tensor's size when it is made and fall back when it is freed. 
 what an autograd graph keeps outside tensor storage (its nodes), which a census of Python-visible
 tensors cannot see, and, unlike RSS, they fall when memory is freed. One read costs ~0.3-3 us
 through ctypes on a compact heap, but glibc counts the free chunks one by one (every bin of every
-arena, under its lock): 8 ms with 100,000 free chunks, and 150-350 us on a leaking CPU DDP rank
+arena, under its lock): 8 ms with 100,000 free chunks, and 155-360 us on a leaking CPU DDP rank
 whose heap had fragmented (measured). The guard's budget prices each read at its measured cost,
 so a fragmented heap gets sparser reads, not a slower service.
 
