@@ -44,8 +44,9 @@ def run(tmp: Path, *args: str, job: Path = JOB, torchrun: bool = False,
                    TORCH_CPP_LOG_LEVEL="ERROR", HF_HUB_OFFLINE="1",
                    # torch's c10d flight recorder keeps the last 2000 collectives, ~0.7 KiB each
                    # on the C heap: a clean DDP job grows steadily for its first 2000 steps
-                   # (measured: +1.5 MiB by step 2000, flat after). Off here, so the clean rank
-                   # is flat within a test-sized run; see the README's distributed section.
+                   # (measured: +1.5 MiB by step 2000, flat after). Off here, so a clean rank
+                   # grows only by DDP's smaller drift (see clean()); see the README's
+                   # distributed section.
                    TORCH_FR_BUFFER_SIZE="0")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
                 "--master-addr=127.0.0.1", f"--master-port={port}"] if torchrun else [sys.executable]
@@ -56,17 +57,37 @@ def run(tmp: Path, *args: str, job: Path = JOB, torchrun: bool = False,
     return {rank: json.loads((tmp / f"rank{rank}.json").read_text()) for rank in (0, 1)}
 
 
+def clean(rank: dict[str, Any]) -> str:
+    """The label a clean rank's row gets: ``flat`` (``no_leak``), or ``inconclusive`` when its
+    heap grew steadily but under the heap counter's floor; anything else fails the test.
+
+    Lightning's DDP itself grows a clean rank's C heap by 40-150 B/step over steps 120..200 and
+    20-50 B/step over 200..300 (measured without vramguard: the same job with a callback that
+    only reads mallinfo2, 6 runs, both ranks); the floor is 128 B/step, so in a 300-step run
+    1 clean rank in 4-8 reads that drift as "grew steadily, less than the floor: a longer run
+    would tell" (measured: 2 of 8 runs, 1 of 8 at 500 steps). That is the honest answer; a
+    clean rank must never read ``leak``, and "inconclusive" for any other reason (too few
+    samples) still fails."""
+    if rank["verdict"] == "no_leak":
+        return "flat"
+    assert rank["verdict"] == "inconclusive", rank["reason"]
+    assert "grew steadily" in rank["reason"], rank["reason"]
+    assert "a longer run would tell" in rank["reason"], rank["reason"]
+    return "inconclusive"
+
+
 def test_rank_0_logs_the_table_and_names_the_leaking_rank_1(tmp_path: Path) -> None:
     ranks = run(tmp_path, "--leak-rank", "1")
     zero, one = ranks[0], ranks[1]
     assert [zero["shared"], one["shared"]] == [True, True]  # nobody called share(): the callback
     assert [zero["sharer_running"], one["sharer_running"]] == [False, False]  # stopped at the end
-    assert (zero["verdict"], one["verdict"]) == ("no_leak", "leak")
+    assert one["verdict"] == "leak"
+    label = clean(zero)
     table = zero["table"]
     assert table["leaking_ranks"] == [1]
     assert table["headline"].startswith("rank 1 leaks +")
-    assert table["headline"].endswith("KiB/step (rank 0: flat)")
-    assert [row["verdict"] for row in table["ranks"]] == ["no_leak", "leak"]
+    assert table["headline"].endswith(f"KiB/step (rank 0: {label})")
+    assert [row["verdict"] for row in table["ranks"]] == [zero["verdict"], "leak"]
     # A read at each check (every 10 steps), but for checks that found the last one running.
     assert zero["reads"] + zero["skipped"] >= 300 // 10
     assert zero["metrics"]["vramguard/leaking_ranks"] == 1.0
@@ -96,7 +117,12 @@ def test_a_clean_ddp_run_flags_no_rank(tmp_path: Path) -> None:
     ranks = run(tmp_path)
     table = ranks[0]["table"]
     assert table["leaking_ranks"] == []
-    assert table["headline"] == "no rank leaks (ranks 0, 1: flat)"
+    labels = [clean(ranks[0]), clean(ranks[1])]
+    if labels == ["flat", "flat"]:
+        assert table["headline"] == "no rank leaks (ranks 0, 1: flat)"
+    else:  # e.g. "no rank flagged (rank 0: inconclusive; rank 1: flat)": not "no rank leaks"
+        assert table["headline"].startswith("no rank flagged ("), table["headline"]
+        assert [row["verdict"] for row in table["ranks"]] == [r["verdict"] for r in ranks.values()]
     assert ranks[0]["metrics"]["vramguard/leaking_ranks"] == 0.0
 
 
@@ -141,11 +167,12 @@ def test_hf_trainer_under_torchrun_names_the_leaking_rank_1(tmp_path: Path) -> N
     zero, one = ranks[0], ranks[1]
     assert [zero["shared"], one["shared"]] == [True, True]
     assert [zero["sharer_running"], one["sharer_running"]] == [False, False]
-    assert (zero["verdict"], one["verdict"]) == ("no_leak", "leak")
+    assert one["verdict"] == "leak"
+    label = clean(zero)  # HF's own clean-rank drift: see clean()
     assert zero["steps"] == one["steps"] == 300
     table = zero["table"]
     assert table["leaking_ranks"] == [1]
-    assert table["headline"].endswith("KiB/step (rank 0: flat)")
+    assert table["headline"].endswith(f"KiB/step (rank 0: {label})")
     assert zero["logs"][-1]["vramguard/leaking_ranks"] == 1.0   # in the Trainer's logs (rank 0)
     assert all("vramguard/leaking_ranks" not in logs for logs in one["logs"])
     assert "WARNING vramguard: ranks: rank 1 leaks +" in (tmp_path / "rank0.log").read_text()

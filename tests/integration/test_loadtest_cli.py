@@ -237,11 +237,13 @@ def wait_for_server_requests(base: str, at_least: int) -> None:
 
 def cut_short(base: str, cut: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str, str]:
     start = server_requests(base)
-    # SIGINT handled in the child, as in a terminal: an earlier test in the same pytest process
-    # can leave SIGINT ignored, an ignored signal survives exec (a handled one is reset), and
-    # Python then keeps it ignored (full suites: loadtest ran on past its Ctrl-C for the whole
-    # timeout, 3 runs of 3). -X faulthandler: a run that still does not end after its cut is
-    # aborted and shows every thread's stack.
+    # SIGINT handled in the child, as in a terminal: pytest itself may run with SIGINT ignored
+    # (a suite started in the background of a non-interactive shell, `cmd &` or nohup, as CI
+    # scripts and our load runs do: such jobs start with SIGINT set to SIG_IGN), an ignored
+    # signal survives exec (a handled one is reset), and Python then keeps it ignored (full
+    # suites: loadtest ran on past its Ctrl-C for the whole timeout, 3 runs of 3; no test
+    # changes the handler: checked after every test of a full suite). -X faulthandler: a run
+    # that still does not end after its cut is aborted and shows every thread's stack.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "vramguard",

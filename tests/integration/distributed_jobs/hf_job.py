@@ -79,6 +79,7 @@ def main() -> None:
             "steps": watch.guard.requests, "shared": sharing is not None,
             "sharer_running": sharing is not None and sharing.sharer.running,
             "logs": recorder.logs,
+            "reason": None if watch.verdict is None else watch.verdict.reason,
             "series": [(s.request, s.allocated) for s in watch.guard.samples]}
     if sharing is not None and sharing.latest is not None:
         mine["table"] = sharing.latest.to_dict()
