@@ -25,7 +25,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+READ_WALL_S: list[float] = []  # each read's wall time (bench-only)
 
 
 def count_reads(guard: object) -> list[int]:
@@ -38,7 +42,11 @@ def count_reads(guard: object) -> list[int]:
 
     def counted_read(*a: object, **k: object) -> object:
         reads[0] += 1
-        return read(*a, **k)
+        started = time.perf_counter()
+        try:
+            return read(*a, **k)
+        finally:
+            READ_WALL_S.append(time.perf_counter() - started)
 
     sampler.read = counted_read
     return reads
@@ -60,7 +68,7 @@ def timed_publishes(sharer: object) -> list[float]:
     return publish_s
 
 
-def worker(args: argparse.Namespace) -> None:
+def worker(args: argparse.Namespace) -> None:  # noqa: PLR0915 (one linear bench script)
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -95,11 +103,17 @@ def worker(args: argparse.Namespace) -> None:
             step()
     bare: list[float] = []
     guarded: list[float] = []
-    for _ in range(args.steps // args.chunk):
+    bare_steps: list[float] = []
+
+    def bare_chunk() -> None:
         started = time.perf_counter()
         for _ in range(args.chunk):
+            at = time.perf_counter()
             step()
+            bare_steps.append(time.perf_counter() - at)
         bare.append(time.perf_counter() - started)
+
+    def guarded_chunk() -> None:
         started = time.perf_counter()
         previous_read = False
         for _ in range(args.chunk):
@@ -109,18 +123,41 @@ def worker(args: argparse.Namespace) -> None:
             (after_read if previous_read else other).append(time.perf_counter() - at)
             previous_read = reads[0] > before
         guarded.append(time.perf_counter() - started)
+
+    # ABBA: the arm that runs first alternates, so a drift over the run (the heap, the
+    # machine) does not favour one arm. Every rank runs the same order (same steps).
+    reads_before, READ_WALL_S[:] = reads[0], []
+    for pair in range(args.steps // args.chunk):
+        for chunk in ((bare_chunk, guarded_chunk) if pair % 2 == 0 else
+                      (guarded_chunk, bare_chunk)):
+            chunk()
     sharer.stop(final=True)
     ratio = sum(guarded) / sum(bare)
     median = statistics.median(g / b for g, b in zip(guarded, bare, strict=True))
     step_ms = sum(bare) / (len(bare) * args.chunk) * 1e3
-    print(json.dumps({"rank": dist.get_rank(), "step_ms": step_ms, "ratio": ratio,
+    # One file per rank: lines the ranks print at the same moment interleave in torchrun's output.
+    row = json.dumps({"rank": dist.get_rank(), "step_ms": step_ms, "ratio": ratio,
                       "median_chunk_ratio": median, "guard_overhead": guard.overhead,
                       "publishes": len(publish_s),
                       "publish_ms": statistics.median(publish_s) * 1e3 if publish_s else None,
                       "verdict": str(guard.verdict().kind),
                       "read_us": guard._account.read_cost_s * 1e6,
-                      "after_read_ms": statistics.median(after_read) * 1e3,
-                      "other_ms": statistics.median(other) * 1e3}), flush=True)
+                      "reads": reads[0] - reads_before,
+                      "mean_ms": {"bare": statistics.fmean(bare_steps) * 1e3,
+                                  "after_read": statistics.fmean(after_read) * 1e3
+                                  if after_read else None,
+                                  "other": statistics.fmean(other) * 1e3},
+                      "p99_ms": {"bare": sorted(bare_steps)[int(len(bare_steps) * .99)] * 1e3,
+                                 "guarded": sorted(after_read + other)[
+                                     int(len(after_read + other) * .99)] * 1e3},
+                      "read_wall_us": statistics.median(READ_WALL_S) * 1e6 if READ_WALL_S else None,
+                      "read_wall_total_s": sum(READ_WALL_S),
+                      "guarded_s": sum(guarded),
+                      "census_share": guard._account.census_spent_s / guard._account.busy_s,
+                      "censuses": len(guard._history._census.samples),
+                      "after_read_ms": statistics.median(after_read) * 1e3 if after_read else None,
+                      "other_ms": statistics.median(other) * 1e3})
+    (Path(args.out) / f"rank{dist.get_rank()}.json").write_text(row)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -134,6 +171,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.01)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--out", help=argparse.SUPPRESS)  # the workers' rows (set by job())
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -156,14 +194,16 @@ def free_port() -> int:
 
 def job(args: argparse.Namespace) -> list[dict[str, object]]:
     """One torchrun job; its per-rank rows, printed."""
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
-         "--master-addr=127.0.0.1", f"--master-port={free_port()}", __file__, "--worker",
-         "--steps", str(args.steps), "--chunk", str(args.chunk), "--every", str(args.every),
-         "--budget", str(args.budget)],
-        capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    rows = sorted((json.loads(line) for line in done.stdout.splitlines()
-                   if line.startswith("{")), key=lambda r: r["rank"])
+    with tempfile.TemporaryDirectory() as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
+             "--master-addr=127.0.0.1", f"--master-port={free_port()}", __file__, "--worker",
+             "--steps", str(args.steps), "--chunk", str(args.chunk), "--every", str(args.every),
+             "--budget", str(args.budget), "--out", out],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        rows = sorted((json.loads(path.read_text()) for path in Path(out).glob("rank*.json")),
+                      key=lambda r: r["rank"])
     if done.returncode != 0 or len(rows) != args.nproc:
         sys.exit(f"the job failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     for r in rows:
@@ -173,8 +213,13 @@ def job(args: argparse.Namespace) -> list[dict[str, object]]:
               f" guard's own reads {r['guard_overhead']:.2%}; {r['publishes']} publishes, "
               f"{publish} each (= {0 if r['publish_ms'] is None else r['publish_ms'] / 1e3 / args.every:.4%}"
               f" of wall time at this interval); verdict {r['verdict']}")
-        print(f"        a heap read {r['read_us']:.0f} us; guarded step right after a read "
-              f"{r['after_read_ms']:.3f} ms, other guarded steps {r['other_ms']:.3f} ms (medians)")
+        after = "none" if r["after_read_ms"] is None else f"{r['after_read_ms']:.3f} ms"
+        print(f"        reads in the guarded arm {r.get('reads')}, wall {r.get('read_wall_us')} us "
+              f"median, {r.get('read_wall_total_s', 0) / r.get('guarded_s', 1):.2%} of the arm")
+        print(f"        step means (ms): {r.get('mean_ms')}; p99: {r.get('p99_ms')}")
+        print(f"        censuses {r.get('censuses')}, {r.get('census_share', 0):.2%} of its steps' time;"
+              f" a heap read {r['read_us']:.0f} us; guarded step right after a read "
+              f"{after}, other guarded steps {r['other_ms']:.3f} ms (medians)")
     return rows
 
 if __name__ == "__main__":
