@@ -5,6 +5,7 @@ thread running; a broken store is logged once and never raised. The real DDP run
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import Any
@@ -69,6 +70,38 @@ def test_a_check_publishes_and_rank_0_logs_the_table(caplog: pytest.LogCaptureFi
     assert final.leaking_ranks == {0}
     assert threads() == set()                              # nothing left running
     assert sharing.close() is sharing.latest               # idempotent
+
+
+class CountedClones:
+    """A real store whose ``clone()`` (a new connection) is counted."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.clones = store, 0
+
+    def clone(self) -> Any:
+        self.clones += 1
+        return self.store.clone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_rank_0_reads_every_table_over_one_kept_connection() -> None:
+    # A connection per read stalled ~5 s at about one connect in 25 to a TCPStore served from
+    # the same process (as Lightning's rank 0 serves it): reads then took seconds.
+    guard, _kept = leaking_guard()
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                           timeout=dt.timedelta(seconds=30))
+    store = CountedClones(server)
+    sharing = RankSharing(guard, 0, every="1h", store=store)
+    for reads in range(1, 41):
+        sharing.check()
+        assert sharing.wait_for_reads(reads, timeout=60)
+    final = sharing.close()
+    assert final is not None
+    assert final.leaking_ranks == {0}
+    assert (sharing.reads, sharing.failures) == (41, 0)
+    assert store.clones == 2                               # the sharer's and the reader's
 
 
 def test_other_ranks_publish_but_read_no_table() -> None:

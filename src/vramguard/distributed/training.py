@@ -10,8 +10,8 @@ through the ``vramguard`` logger, and keeps it for the callback's metrics.
 
 Sharing uses no collective and never blocks a step: publishing is the sharer's thread, and the
 table is read by a thread of its own. (The one collective here is :func:`stop_together`, for
-``on_leak="stop"`` only; its docstring says why it is safe.) A read is a connection to the
-job's store plus two store calls per rank, milliseconds on a healthy store, but a store that
+``on_leak="stop"`` only; its docstring says why it is safe.) A read is two store calls per rank
+over the reader's own kept connection, milliseconds on a healthy store, but a store that
 stalls (its host is swapping, a network partition) would hold a step for the whole timeout; off
 the step path it costs the step nothing, and a check that finds the previous read still running
 skips its own. Importing this module imports neither torch nor numpy.
@@ -104,6 +104,13 @@ class RankSharing:
         self._due: int | None = None  # the sharer's attempt count at the check that asked
         self._wake = threading.Condition(self._lock)
         self._closed = False
+        # The table reader's own store connection, made at its first read and kept. A new one
+        # per read (what ``table()`` makes) took 0.3-2 ms to connect, and about one connect in
+        # 25 to a TCPStore served from this process stalled 5 s before it went through, past
+        # the read's timeout (measured: 40 connects in a row; 500 ``table()`` reads took 97 s
+        # on a busy machine). On a kept one a check and a get take ~0.02 ms. Dropped after a
+        # failed read, remade at the next.
+        self._connection: Any = None
         self._reader: threading.Thread | None = None
         if rank == 0:
             self._reader = threading.Thread(target=self._read_loop, name="vramguard-table",
@@ -152,14 +159,26 @@ class RankSharing:
             with self._wake:
                 self._due = None
 
-    def read(self) -> RankTable | None:
+    def read(self, *, fresh: bool = False) -> RankTable | None:
         """Read and log the table now (bounded by ``table_timeout_s``); never raises. The
-        reader thread calls it at checks; :meth:`close` once more at the end."""
+        reader thread calls it at checks, over its kept connection; :meth:`close` once more at
+        the end. ``fresh``: over a connection of this call's own (a reader stuck on the kept
+        one would hold it)."""
         from vramguard.distributed import table
+        from vramguard.distributed.ranktable import K_MADS, read_table
+        from vramguard.distributed.store import default_store, private_connection
 
         try:
-            result = table(timeout=self._timeout_s, store=self._store)
+            if fresh:
+                result = table(timeout=self._timeout_s, store=self._store)
+            else:
+                if self._connection is None:
+                    store = default_store() if self._store is None else self._store
+                    self._connection = private_connection(store, self._timeout_s)
+                result = read_table(self._connection, timeout_s=self._timeout_s, k=K_MADS)
         except Exception as exc:
+            if not fresh:
+                self._connection = None  # a broken connection: a new one at the next read
             with self._lock:
                 self.failures += 1
                 first = self.failures == 1
@@ -209,9 +228,10 @@ class RankSharing:
         if self._reader is None:
             return None
         self._reader.join(self._timeout_s * 2)
-        if self._reader.is_alive():
+        stuck = self._reader.is_alive()
+        if stuck:
             _log.warning("vramguard: the rank-table reader is stuck on the store; leaving it")
-        return self.read() if final_table else self.latest
+        return self.read(fresh=stuck) if final_table else self.latest
 
     def __repr__(self) -> str:
         return (f"RankSharing(rank={self.rank}, reads={self.reads}, failures={self.failures}, "
