@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -202,6 +203,9 @@ def test_the_debug_servers_vramguard_page_shows_the_table(tmp_path: Path,
         page = fetch(f"http://127.0.0.1:{debug_port}/vramguard", job.procs)
         assert re.search(r"rank 0 leaks \+16\.\d KiB/step", page)
         assert job.release() == [0]
+        # The server's frontend (a process of its own) ended with the job: nothing listens.
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", debug_port)) != 0
     finally:
         for proc in job.procs:
             if proc.poll() is None:

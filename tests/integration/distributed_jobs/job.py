@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,6 +24,19 @@ import torch.distributed as dist
 
 import vramguard.distributed as vd
 from vramguard import Guard
+
+
+def debug_server(port: int) -> Callable[[], None]:
+    """Start torch's distributed debug server with vramguard's page on ``port`` (0: none);
+    returns what stops it."""
+    if not port:
+        return lambda: None
+    from torch.distributed.debug import start_debug_server, stop_debug_server
+
+    start_debug_server(port=port, handlers=[vd.debug_handler()])
+    # Its frontend is a process of its own: the job's os._exit skips the cleanup that would end
+    # it, and it stayed behind, orphaned, after every suite (found by `ps` after a full run).
+    return stop_debug_server
 
 
 def main() -> None:
@@ -55,10 +69,7 @@ def main() -> None:
                 groups.append(dist.new_group(backend="gloo"))  # never destroyed
 
     sharer = vd.share(guard, every=args.every)
-    if args.debug_port and rank == 0:
-        from torch.distributed.debug import start_debug_server
-
-        start_debug_server(port=args.debug_port, handlers=[vd.debug_handler()])
+    stop_debug_server = debug_server(args.debug_port if rank == 0 else 0)
     assert sharer.wait_for(1, timeout=args.deadline), "first publish never happened"
     (args.out / f"rank{rank}.published").write_text(json.dumps(sharer.last.to_json()))
     if rank == args.die_rank:
@@ -84,6 +95,7 @@ def main() -> None:
     while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.02)  # a poll for the test's signal, bounded by the deadline
     sharer.stop()
+    stop_debug_server()
     # No destroy/barrier at the end: with a rank killed, the others must still exit.
     os._exit(0)
 
