@@ -57,6 +57,10 @@ def test_flask_status_names_only_the_leaking_route_and_its_root(served: tuple[Fl
     assert routes[LEAKY]["check"]["verdict"] != "no_leak", routes[LEAKY]["check"]["reason"]
     assert routes[CLEAN]["check"]["verdict"] != "leak", routes[CLEAN]["check"]["reason"]
     assert routes[LEAKY]["measured"] + routes[LEAKY]["unsampled"] == 100
+    # Werkzeug's threaded server runs each request on a new thread: none is measured on CPU
+    # (see WebGuard.begin), and the status says why.
+    assert status["signal"]["fresh_thread_requests"] >= 200
+    assert routes[CLEAN]["measured"] == 0
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     leak = {s.labels["route"]: s.value for s in families["vramguard_route_leak"].samples}
     assert leak[CLEAN] == 0.0

@@ -54,3 +54,15 @@ def test_an_unavailable_counter_gives_no_delta() -> None:
     ledger = Ledger(0.0)
     ledger.cut(0.0, None, 0)
     assert [w.delta for w in ledger.cut(1.0, 100, 0)] == [None]
+
+
+def test_a_tainted_window_has_no_delta_and_its_neighbours_keep_theirs() -> None:
+    ledger = Ledger(0.0)
+    finished = ledger.cut(0.0, 0, 0)
+    for i, heap in enumerate((100, 300, 600)):
+        window = ledger.begin()
+        if i == 1:
+            ledger.taint(window)  # a request on a thread's first use ran here
+        finished += ledger.end(window, float(i), i + 0.5, "/r")
+        finished += ledger.cut(i + 1.0, heap, 0)
+    assert [w.delta for w in finished if w.exact] == [100, None, 300]

@@ -37,7 +37,10 @@ CONCURRENCY_NOTE = (
     "statistically: a regression of the counter's change over windows on each route's requests "
     "gives 'attribution.bytes_per_request' with a 95% interval, or says the route cannot be told "
     "apart from others ('collinear'). 'unsampled' ones ran alone but were not read (budget, "
-    "diagnosis scan). The overall verdict covers every request."
+    "diagnosis scan, or on CPU a thread's first request, whose thread's allocator cache fills "
+    "under the counter: every request of a thread-per-request server such as Werkzeug's dev "
+    "server, counted in 'signal.fresh_thread_requests'). The overall verdict covers every "
+    "request."
 )
 
 
@@ -209,7 +212,8 @@ def status_document(web: WebGuard) -> dict[str, Any]:
         "routes": routes,
         "concurrency": CONCURRENCY_NOTE,
         "signal": {"counter": web.signal, "unavailable": web.signal_reason,
-                   "windows": attribution.windows},
+                   "windows": attribution.windows,
+                   "fresh_thread_requests": web.fresh_thread_requests},
         "cleanup": {"runs": cleanup.runs, "freed_bytes": cleanup.freed_bytes,
                     "seconds": cleanup.seconds},
         # The background worker (route checks, censuses): null while it works; else why it

@@ -38,6 +38,7 @@ class _Open:
     counts: dict[str, float] = field(default_factory=dict)
     contributors: int = 0
     exact: str | None = None
+    tainted: bool = False
 
 
 class Ledger:
@@ -64,11 +65,17 @@ class Ledger:
         window = self._windows[-1]
         window.end = now
         if (value is not None and window.value is not None and epoch == window.epoch
-                and epoch % 2 == 0):
+                and epoch % 2 == 0 and not window.tainted):
             window.delta = value - window.value
         self._windows.append(_Open(now, value, epoch))
         self.begun_since_cut = self.ended_since_cut = 0
         return self._finish()
+
+    def taint(self, since: int) -> None:
+        """The windows from id ``since`` to the open one get no delta (a request on a thread's
+        first use ran in them: see ``WebGuard.begin``)."""
+        for index in range(max(0, since - self._first), len(self._windows)):
+            self._windows[index].tainted = True
 
     def begin(self) -> int:
         """A request begins now; returns the id of the window it begins in."""

@@ -11,8 +11,10 @@ allocator's allocated bytes on accelerators) at *cuts* (see :mod:`vramguard.adap
   between two cuts enters a regression of the counter's change on each route's requests
   (:mod:`vramguard.adapters.attribution`), which gives bytes per request with a 95% interval, or
   says the route's traffic cannot be told apart from another's (``collinear``).
-- ``unsampled``: requests that ran alone but were not measured (the budget skipped the read, or
-  a diagnosis scan overlapped them); they still count in the windows.
+- ``unsampled``: requests that ran alone but were not measured (the budget skipped the read, a
+  diagnosis scan overlapped them, or, on CPU, they ran on their thread's first use: see
+  ``WebGuard.begin``); they still count in the windows, but for those last two, whose windows
+  have no delta.
 
 :func:`combine` gives the route's verdict from both. The overall verdict (all requests, the
 Guard's) does not depend on any of this.
