@@ -63,12 +63,11 @@ def clean(rank: dict[str, Any]) -> str:
 
     Lightning's DDP itself grows a clean rank's C heap by 40-150 B/step over steps 120..200 and
     20-50 B/step over 200..300 (measured without vramguard: the same job with a callback that
-    only reads mallinfo2, 6 runs, both ranks), and up to ~190 B/step in a CI-clone run on a
-    busy machine, where the floor was then 128 B/step and rank 0 read ``leak``. Under the
-    floor (now 256 B/step: ``readers.heap.RATE_FLOOR_BYTES``), a steady drift is "grew
-    steadily, less than the floor: a longer run would tell" (measured at the 128 B/step floor:
-    2 of 8 runs, 1 of 8 at 500 steps). That is the honest answer; a clean rank must never read
-    ``leak``, and "inconclusive" for any other reason (too few samples) still fails."""
+    only reads mallinfo2, 6 runs, both ranks); the floor is 128 B/step, so in a 300-step run
+    1 clean rank in 4-8 reads that drift as "grew steadily, less than the floor: a longer run
+    would tell" (measured: 2 of 8 runs, 1 of 8 at 500 steps). That is the honest answer; a
+    clean rank must never read ``leak``, and "inconclusive" for any other reason (too few
+    samples) still fails."""
     if rank["verdict"] == "no_leak":
         return "flat"
     assert rank["verdict"] == "inconclusive", rank["reason"]

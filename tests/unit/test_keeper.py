@@ -14,7 +14,7 @@ from vramguard.analysis.verdict import Verdict, VerdictKind, decide
 from vramguard.commands.loadtest import judged_over_time
 
 KIB, MIB = 1024, 1024 * 1024
-HEAP = Floor(16 * KIB, 128)  # a heap-counter-like floor (the keeper does not depend on its value)
+HEAP = Floor(16 * KIB, 128)  # the CPU heap counter's floor, as the sampler states it
 BASE = 300 * MIB
 
 

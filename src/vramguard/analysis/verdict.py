@@ -321,7 +321,7 @@ def decide(
     ``find_detection``: also find ``detected_after`` (a few more fits on prefixes).
     ``floor``: the signal's :class:`~vramguard.analysis.floor.Floor`, the least growth of
     ``allocated`` over the window (and per request of it) that can count as a leak (none for
-    exact series; the sampler's for the CPU heap counter, 16 KiB and 256 B/request, which also
+    exact series; the sampler's for the CPU heap counter, 16 KiB and 128 B/request, which also
     moves with Python's own allocations).
     Cost: a few ms on 300 samples; fits are subsampled so 1000 samples cost about the same.
     """

@@ -32,18 +32,13 @@ list or dict resized, an interned string, a cache filled): tens of KiB over a wi
 service. Every judge of a heap series (the guard, a route, ``loadtest``) applies this one floor,
 which the sampler owns and the status shows as ``memory.floor_bytes``."""
 
-RATE_FLOOR_BYTES = 256
+RATE_FLOOR_BYTES = 128
 """The least growth per step of a verdict's window that can count as a leak (with
-``WINDOW_FLOOR_BYTES``, the larger of the two). A long window would otherwise sum a clean run's
-drift past 16 KiB:
-- a clean Lightning run's heap drifts by 40-100 B per step over hundreds of steps on a loaded
-  machine (measured);
-- a clean Lightning DDP rank drifts by 40-150 B/step over steps 120..200 without vramguard (6
-  runs), and up to ~190 B/step in one CI-clone run on a busy machine. At the earlier 128 B/step
-  that run called a clean rank 0 a leak (+34 KiB over steps 120..299).
-The smallest thing a step can keep with a tensor costs more: a kept 0-dim or 1-element CPU
-tensor is 390-580 B of C heap (measured over 2,000 of them), a retained graph several KiB.
-Growth under it is "inconclusive", never "no leak"."""
+``WINDOW_FLOOR_BYTES``, the larger of the two): a clean Lightning run's heap drifts by 40-100 B
+per step over hundreds of steps on a loaded machine (measured), which a long window would
+otherwise sum past 16 KiB. The smallest thing a step can keep with a tensor costs more: a kept
+0-dim or 1-element CPU tensor is 390-580 B of C heap (measured over 2,000 of them), a retained
+graph several KiB. Growth under it is "inconclusive", never "no leak"."""
 
 REQUEST_FLOOR_BYTES = 1 << 10
 """The least bytes per request, between the reads just before and just after one request, that
