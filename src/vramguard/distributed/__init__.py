@@ -57,13 +57,19 @@ def table(timeout: str | float = "5s", store: Any = None, *, k: float | None = N
     any rank, or on several."""
     from vramguard.distributed.publish import seconds
     from vramguard.distributed.ranktable import K_MADS, read_table
-    from vramguard.distributed.store import default_store, private_connection
 
     timeout_s = seconds(timeout, name="timeout")
     stale_s = None if stale_after is None else seconds(stale_after, name="stale_after")
-    own = private_connection(default_store() if store is None else store, timeout_s)
-    return read_table(own, timeout_s=timeout_s, k=K_MADS if k is None else k,
-                      stale_after=stale_s)
+    return read_table(connect_own(store, timeout_s), timeout_s=timeout_s,
+                      k=K_MADS if k is None else k, stale_after=stale_s)
+
+
+def connect_own(store: Any, timeout_s: float) -> Any:
+    """A connection of our own to ``store`` (None: the default process group's), for
+    :func:`table` and readers that keep one (the training callbacks' rank-table reader)."""
+    from vramguard.distributed.store import default_store, private_connection
+
+    return private_connection(default_store() if store is None else store, timeout_s)
 
 
 def __getattr__(name: str) -> Any:

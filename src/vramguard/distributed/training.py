@@ -164,17 +164,15 @@ class RankSharing:
         reader thread calls it at checks, over its kept connection; :meth:`close` once more at
         the end. ``fresh``: over a connection of this call's own (a reader stuck on the kept
         one would hold it)."""
-        from vramguard.distributed import table
+        from vramguard.distributed import connect_own, table
         from vramguard.distributed.ranktable import K_MADS, read_table
-        from vramguard.distributed.store import default_store, private_connection
 
         try:
             if fresh:
                 result = table(timeout=self._timeout_s, store=self._store)
             else:
                 if self._connection is None:
-                    store = default_store() if self._store is None else self._store
-                    self._connection = private_connection(store, self._timeout_s)
+                    self._connection = connect_own(self._store, self._timeout_s)
                 result = read_table(self._connection, timeout_s=self._timeout_s, k=K_MADS)
         except Exception as exc:
             if not fresh:
