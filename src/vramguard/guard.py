@@ -419,8 +419,9 @@ class Guard:
     @property
     def signal_floor(self) -> Floor:
         """The least growth of the signal that can count as a leak, over the verdict's window and
-        per step (16 KiB and 128 B for the CPU heap counter, none for exact signals); shown in
-        the status as ``memory.floor_bytes`` and ``memory.floor_bytes_per_request``."""
+        per step of its recent half (16 KiB and 256 B for the CPU heap counter, none for exact
+        signals); shown in the status as ``memory.floor_bytes`` and
+        ``memory.floor_bytes_per_request``."""
         return self._sampler.floor
 
     @property

@@ -106,6 +106,8 @@ def test_status_names_only_the_leaking_route_and_healthz_turns_503(server: str) 
     assert routes[LEAKY]["overlapped"] == 0
     assert routes[LEAKY]["attribution"]["verdict"] == "leak"
     assert status["signal"]["counter"] == "native heap (glibc mallinfo2)"
+    assert status["signal"]["requests_per_cut"] == 1   # dense: a cut at every request
+    assert 0 < status["signal"]["cut_cost_s"] < 0.1    # what one cost, as the budget prices it
     assert status["overall"]["verdict"] == "leak"
     assert routes[CLEAN]["check"]["suspects"] == []
     assert health.status_code == 503

@@ -63,16 +63,17 @@ def clean(rank: dict[str, Any]) -> str:
 
     Lightning's DDP itself grows a clean rank's C heap by 40-150 B/step over steps 120..200 and
     20-50 B/step over 200..300 (measured without vramguard: the same job with a callback that
-    only reads mallinfo2, 6 runs, both ranks); the floor is 128 B/step, so in a 300-step run
-    1 clean rank in 4-8 reads that drift as "grew steadily, less than the floor: a longer run
-    would tell" (measured: 2 of 8 runs, 1 of 8 at 500 steps). That is the honest answer; a
-    clean rank must never read ``leak``, and "inconclusive" for any other reason (too few
-    samples) still fails."""
+    only reads mallinfo2, 6 runs, both ranks), and by ~150-190 B/step from step 120 in one
+    CI-clone run on a busy machine, which read ``leak`` under the old floor (128 B/step over the
+    window's average). The floor is now 256 B/step over the window's recent half, so such a
+    drift reads "grew steadily ... slower than the 256 B/request the counter needs" (or, for a
+    smaller total, "a longer run would tell"). That is the honest answer; a clean rank must never
+    read ``leak``, and "inconclusive" for any other reason (too few samples) still fails."""
     if rank["verdict"] == "no_leak":
         return "flat"
     assert rank["verdict"] == "inconclusive", rank["reason"]
     assert "grew steadily" in rank["reason"], rank["reason"]
-    assert "a longer run would tell" in rank["reason"], rank["reason"]
+    assert "too steady to rule one out" in rank["reason"], rank["reason"]
     return "inconclusive"
 
 

@@ -118,7 +118,7 @@ def test_clean_route_is_no_leak_over_fresh_readings(dense: str) -> None:
     assert isinstance(memory["read_at"]["allocated"], float)
     assert memory["read_at_request"]["reserved"] is None  # CPU: no caching allocator, never read
     assert memory["floor_bytes"] == 16 << 10  # the heap counter's floors, which loadtest applied
-    assert memory["floor_bytes_per_request"] == 128
+    assert memory["floor_bytes_per_request"] == 256
 
 
 def test_leaky_route_is_a_leak(dense: str) -> None:

@@ -26,6 +26,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 64  # the leaked input's rows: ~12 KiB of native heap a request with its graph
+# 64x64 matmuls per request on both routes (~7 us each): a ~1 ms handler, the reference
+# request. The budget is a share of the handler's time, and once the leak has fragmented the heap
+# a cut costs 50-300 us (mallinfo2 walks the free chunks): with the bare 0.2-0.3 ms handler the
+# default budget affords a cut every 100-260 requests, /leak read leak at 1,100-1,900 requests
+# and in 1 run of 6 not within 2,400 (windows too collinear to separate the routes; measured,
+# quiet machine). With this work: at 300-500 requests, 6 runs of 6.
+WORK = 100
 
 
 def _serve(options: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -71,7 +78,7 @@ def _routes(client: httpx.Client) -> dict[str, Any]:
     return {r["route"]: r for r in client.get("/vramguard/status").json()["routes"]}
 
 
-@pytest.mark.parametrize("served", [f"rows={ROWS}, unhealthy_limit='1MiB'"], indirect=True)
+@pytest.mark.parametrize("served", [f"rows={ROWS}, work={WORK}, unhealthy_limit='1MiB'"], indirect=True)
 def test_sequential_client_default_settings_names_the_leaking_route(served: str) -> None:
     rng = random.Random(0)  # one client, routes in a seeded random order
     health = []
@@ -88,11 +95,16 @@ def test_sequential_client_default_settings_names_the_leaking_route(served: str)
             for _ in range(40):
                 assert client.get("/leak").status_code == 200
             health.append(client.get("/vramguard/healthz"))
-        routes = _routes(client)
+        client_status = client.get("/vramguard/status").json()
+    routes = {r["route"]: r for r in client_status["routes"]}
     leak, clean = routes["/leak"], routes["/clean"]
     assert leak["check"]["verdict"] == "leak", leak["check"]["reason"]
     assert clean["check"]["verdict"] != "leak", clean["check"]["reason"]
     assert leak["overlapped"] == 0
+    # At defaults the budget spaces the cuts out, and the status says by how much (and why).
+    signal = client_status["signal"]
+    assert signal["requests_per_cut"] >= 1, signal
+    assert signal["cut_cost_s"] > 0, signal
     assert [r.status_code for r in health] == [503] * 5, [r.text for r in health]
     assert "route /leak" in health[-1].text or "leak of" in health[-1].text
 
@@ -181,7 +193,7 @@ def _looks(client: httpx.Client, rng: random.Random, requests: int, every: int, 
     return checks
 
 
-@pytest.mark.parametrize("served", [f"rows={ROWS}, ballast=64 << 20"], indirect=True)
+@pytest.mark.parametrize("served", [f"rows={ROWS}, work={WORK}, ballast=64 << 20"], indirect=True)
 def test_a_leaking_route_s_verdict_holds_through_a_large_free(served: str) -> None:
     # Mid-leak, something elsewhere in the process frees 64 MiB (a cache dropped). Measured on
     # the code before the route keeper (3 runs of 3): the leaking route read "leak" until the
@@ -200,7 +212,7 @@ def test_a_leaking_route_s_verdict_holds_through_a_large_free(served: str) -> No
         clean["reason"] for _, clean in checks]
 
 
-@pytest.mark.parametrize("served", [f"rows={ROWS}"], indirect=True)
+@pytest.mark.parametrize("served", [f"rows={ROWS}, work={WORK}"], indirect=True)
 def test_a_route_whose_leak_is_fixed_is_not_held(served: str) -> None:
     # The hold must end when the leak does: once /leak stops keeping anything, the process
     # grows only by the server's own churn, far below what the held leak predicts, and the

@@ -241,13 +241,10 @@ def test_the_keeper_never_makes_a_no_leak(looks: list[tuple[VerdictKind, int, bo
 
 
 def test_the_floor_is_one_value() -> None:
-    assert HEAP.over(10) == 16 * KIB
-    assert HEAP.over(1000) == 128_000
-    assert EXACT.over(1000) == 0
     assert not EXACT
     assert HEAP
     assert HEAP.widest(Floor(0, 512)) == Floor(16 * KIB, 512)
-    assert str(HEAP) == "16.0 KiB over the window and 128 B/step"
+    assert str(HEAP) == "16.0 KiB over the window and 128 B/step over its recent half"
     with pytest.raises(ValueError, match=r"Floor\.window_bytes .* got -1"):
         Floor(-1, 0)
     with pytest.raises(ValueError, match=r"Floor\.bytes_per_step .* got 1\.5"):

@@ -158,6 +158,35 @@ def test_a_drift_under_the_rate_floor_is_inconclusive_however_long_the_run() -> 
     assert decide(_heap(400, 600), floor=Floor(HEAP_FLOOR, 128)).kind is VerdictKind.LEAK
 
 
+def _late(per_request: float, n: int, start: int, *, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    kept = per_request * np.clip(np.arange(n) - start, 0, None)
+    return allocated_only(50 * MIB + kept + rng.normal(0, 100.0, n))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_rate_floor_judges_a_late_leak_by_its_recent_rate(seed: int) -> None:
+    # A kept 64-float tensor per request (~480 B of C heap) from 60% of a 200-request check
+    # (test_patterns' late_leak): ~214 B/request averaged over the window. Judged on the recent
+    # half, it clears a 256 B/request floor; the window's average would not (a CI-clone run).
+    verdict = decide(_late(480, 200, 120, seed=seed), floor=Floor(HEAP_FLOOR, 256))
+    assert verdict.kind is VerdictKind.LEAK, verdict.reason
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_drift_slower_than_the_rate_floor_says_so_and_asks_for_no_longer_run(seed: int) -> None:
+    # 190 B/request over 180 steps: a clean Lightning DDP rank's heap on a busy machine (a
+    # CI-clone run, steps 120..299), 34 KiB, past the window floor. Under 256 B/request it is
+    # inconclusive, and a longer run at that rate would not clear the floor.
+    drift = decide(_heap(190, 300), warmup=120, floor=Floor(HEAP_FLOOR, 256))
+    assert drift.kind is VerdictKind.INCONCLUSIVE, drift.reason
+    assert drift.below_floor
+    assert "slower than the 256 B/request" in drift.reason
+    assert drift.requests_to_clear() is None
+    assert decide(_heap(400, 300), warmup=120, floor=Floor(HEAP_FLOOR, 256)).kind \
+        is VerdictKind.LEAK
+
+
 @pytest.mark.parametrize("noise", [100.0, 2000.0])
 def test_a_flat_heap_is_no_leak_on_a_floored_signal(noise: float) -> None:
     for seed in SEEDS:

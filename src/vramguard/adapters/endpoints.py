@@ -180,6 +180,7 @@ def status_document(web: WebGuard) -> dict[str, Any]:
     health = web.health()
     attribution = web.attribution()
     floor = web.guard.signal_floor
+    cut_cost, per_cut = web.cadence
     routes = []
     for counts in web.routes():
         routes.append({
@@ -212,7 +213,8 @@ def status_document(web: WebGuard) -> dict[str, Any]:
         "routes": routes,
         "concurrency": CONCURRENCY_NOTE,
         "signal": {"counter": web.signal, "unavailable": web.signal_reason,
-                   "windows": attribution.windows,
+                   "windows": attribution.windows, "cut_cost_s": cut_cost,
+                   "requests_per_cut": per_cut,
                    "fresh_thread_requests": web.fresh_thread_requests},
         "cleanup": {"runs": cleanup.runs, "freed_bytes": cleanup.freed_bytes,
                     "seconds": cleanup.seconds},

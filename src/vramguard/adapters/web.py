@@ -463,6 +463,13 @@ class WebGuard:
         return self._counter.signal
 
     @property
+    def cadence(self) -> tuple[float, int]:
+        """(seconds one cut costs, requests per cut the budget affords): why a route on this
+        server gets an exact sample every so many requests (the status's ``signal``)."""
+        with self._lock:
+            return self._read_cost, self._cut_period()
+
+    @property
     def signal_reason(self) -> str | None:
         """Why the counter is unavailable (per-route verdicts stay inconclusive), or None."""
         return self._counter.reason

@@ -19,8 +19,9 @@ from vramguard.units import format_bytes
 @dataclass(frozen=True, slots=True)
 class Floor:
     """``window_bytes``: the least growth over a verdict's window; ``bytes_per_step``: the least
-    growth per step (request) of that window, so a long window's drift cannot sum past
-    ``window_bytes``. Both 0 for an exact signal. The status shows them as
+    growth per step (request) of that window's recent half, so a long window's drift cannot sum
+    past ``window_bytes`` and a late leak is not diluted by the flat start of its window. Both 0
+    for an exact signal. The status shows them as
     ``memory.floor_bytes`` and ``memory.floor_bytes_per_request``."""
 
     window_bytes: int = 0
@@ -32,10 +33,6 @@ class Floor:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"expected Floor.{name} to be a non-negative number of bytes, "
                                  f"got {value!r}")
-
-    def over(self, steps: float) -> float:
-        """The least growth that can count over a window of ``steps`` steps."""
-        return float(max(self.window_bytes, self.bytes_per_step * steps))
 
     def widest(self, other: Floor) -> Floor:
         """Each part the larger of the two (a client that read several floors applies all)."""
@@ -49,7 +46,7 @@ class Floor:
         if not self:
             return "no floor (exact signal)"
         return (f"{format_bytes(self.window_bytes)} over the window and "
-                f"{format_bytes(self.bytes_per_step)}/step")
+                f"{format_bytes(self.bytes_per_step)}/step over its recent half")
 
 
 EXACT = Floor()

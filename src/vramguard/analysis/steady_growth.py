@@ -78,6 +78,8 @@ class GrowthEvidence:
     distinct points."""
     recent_rise: float
     """Robust (Siegel) slope of the raw series over the recent half, times its span."""
+    recent_rate: float
+    """That slope itself: growth per request of the recent half (judged against ``min_rate``)."""
     retained_rise: float
     """How much the retained level (suffix minimum) rose over the recent half of the window."""
     spread: float
@@ -96,8 +98,9 @@ class GrowthEvidence:
     decelerating: bool
     """Trend and retained rise passed, but growth is slowing down like a cache filling up."""
     below_floor: bool = False
-    """Steady growth on every test but ``min_total``: significant, beyond the spread, not
-    slowing, with a retained rise of at least ``BELOW_FLOOR_SHARE`` of the floor, but under it.
+    """Steady growth on every test but the floors (``min_total``, ``min_rate``): significant,
+    beyond the spread, not slowing, with a retained rise of at least ``BELOW_FLOOR_SHARE`` of
+    ``min_total``, but under a floor.
     A small or young leak looks like this, and so does a floored counter's own churn."""
 
     @property
@@ -162,12 +165,16 @@ def steady_growth(
     y: np.ndarray,
     *,
     min_total: float = 0.0,
+    min_rate: float = 0.0,
     fit_points: int = MAX_FIT_POINTS,
     always_fit: bool = True,
 ) -> GrowthEvidence:
     """Test one series (``y`` against request index ``x``, both ascending in x) for steady growth.
 
     ``min_total``: the least fitted growth over the window that can count (e.g. 4 MiB for RSS).
+    ``min_rate``: the least growth per request of the *recent half* (its robust slope) that can
+    count. The recent half, not the window's average: a leak that began late in the window is
+    diluted by its flat start, and a drift that fades is judged on what it does now.
     ``fit_points``: subsample cap for the reported Theil-Sen fit (lower = cheaper, for prefixes).
     ``always_fit``: with False, skip the (costliest) Theil-Sen fit when the cheap retained-level
     test already says no; ``trend`` is then None. The verdict does this for secondary metrics.
@@ -175,7 +182,7 @@ def steady_growth(
     n = int(x.size)
     span = float(x[-1] - x[0]) if n else 0.0
     if n < MIN_POINTS:
-        return GrowthEvidence(None, 0.0, 0.0, 0.0, None, n, span, significant=False,
+        return GrowthEvidence(None, 0.0, 0.0, 0.0, 0.0, None, n, span, significant=False,
                               retained=False, growing=False, decelerating=False)
 
     # Retained level over the recent half, without the last ~10% where the suffix minimum is
@@ -186,7 +193,7 @@ def steady_growth(
     if not always_fit and level[n - tail - 1] - level[half] <= max(0.0, min_total / 2):
         # Cheap early answer (no fits) for the common case of a secondary counter that is
         # constant or never retains anything: the retained level did not rise at all.
-        return GrowthEvidence(None, 0.0, 0.0, 0.0, None, n, span, significant=False,
+        return GrowthEvidence(None, 0.0, 0.0, 0.0, 0.0, None, n, span, significant=False,
                               retained=False, growing=False, decelerating=False)
     fx, fy = _subsample(x[half : n - tail], level[half : n - tail], fit_points // 2)
     f_slope, _ = _robust_slope(fx, fy)
@@ -210,13 +217,13 @@ def steady_growth(
         and recent_rise >= RECENT_IN_SPREADS * spread
     )
     if not (beyond_spread and retained_rise >= min_total / 2) and not always_fit:
-        return GrowthEvidence(None, recent_rise, retained_rise, spread, None, n, span,
+        return GrowthEvidence(None, recent_rise, slope, retained_rise, spread, None, n, span,
                               significant=False, retained=False, growing=False,
                               decelerating=False)
     trend = fit_trend(*_subsample(x, y, fit_points))
     significant = trend is not None and trend.low > 0
     above_floor = (trend is not None and retained_rise >= min_total / 2
-                   and trend.slope * span >= min_total)
+                   and trend.slope * span >= min_total and slope >= min_rate)
     retained = beyond_spread and above_floor
 
     deceleration = None
@@ -227,6 +234,7 @@ def steady_growth(
     return GrowthEvidence(
         trend=trend,
         recent_rise=recent_rise,
+        recent_rate=slope,
         retained_rise=retained_rise,
         spread=spread,
         deceleration=deceleration,

@@ -111,11 +111,17 @@ class Verdict:
     see :meth:`requests_to_clear`, would tell)."""
     floor: float = 0.0
     """The least growth over the window that could count as a leak, for ``below_floor``."""
+    floor_rate: float = 0.0
+    """For a ``below_floor`` verdict whose recent half grew slower than the signal's per-request
+    floor: that floor (0 when the growth was too small for the window floor only)."""
 
     def requests_to_clear(self) -> int | None:
         """For a ``below_floor`` verdict: requests past the warm-up over which the growth seen
-        would clear the floor (None otherwise, or when it did not grow)."""
+        would clear the floor (None otherwise, when it did not grow, or when it grew slower than
+        ``floor_rate``: no longer run at the same rate clears that)."""
         if not self.below_floor or self.growth is None or self.growth.bytes_per_request <= 0:
+            return None
+        if self.floor_rate > 0:
             return None
         return math.ceil(self.floor / self.growth.bytes_per_request)
 
@@ -224,7 +230,7 @@ def _growth(
     return Growth(trend.slope, (trend.low, trend.high), rate, requests_to_full, seconds_to_full)
 
 
-def _detect(x: np.ndarray, y: np.ndarray, min_total: float) -> int | None:
+def _detect(x: np.ndarray, y: np.ndarray, min_total: float, min_rate: float) -> int | None:
     """The request at which ``steady_growth`` first holds on a prefix of the series.
 
     ~40 prefixes on an even grid, scanned coarse-to-fine (every 4th, then the three before the
@@ -234,7 +240,7 @@ def _detect(x: np.ndarray, y: np.ndarray, min_total: float) -> int | None:
     ends = np.unique(np.linspace(MIN_POINTS, x.size, _DETECTION_PREFIXES).round().astype(np.intp))
 
     def holds(end: int) -> bool:
-        return steady_growth(x[:end], y[:end], min_total=min_total,
+        return steady_growth(x[:end], y[:end], min_total=min_total, min_rate=min_rate,
                              fit_points=_DETECTION_FIT_POINTS, always_fit=False).growing
 
     coarse = list(range(_DETECTION_COARSE_STEP - 1, ends.size, _DETECTION_COARSE_STEP))
@@ -286,7 +292,7 @@ def _no_leak_reason(evidence: GrowthEvidence, first: int, last: int) -> str:
     return f"allocated memory did not grow steadily {window} (trend {slope}, within the noise)"
 
 
-def _unearned_no_leak(evidence: GrowthEvidence, floor: float) -> str | None:
+def _unearned_no_leak(evidence: GrowthEvidence, floor: float, rate: float) -> str | None:
     """Why a series that failed the leak test has not earned "no leak" either (None: it has).
 
     Only for floored signals (the CPU heap counter), whose floor hides small growth on purpose:
@@ -299,6 +305,12 @@ def _unearned_no_leak(evidence: GrowthEvidence, floor: float) -> str | None:
     """
     if floor <= 0 or not evidence.below_floor or evidence.trend is None:
         return None
+    if evidence.recent_rate < rate:
+        return (f"allocated memory grew steadily ({format_bytes(evidence.recent_rate, signed=True)}"
+                f"/request over the recent half of the window) but slower than the "
+                f"{format_bytes(rate)}/request the counter needs to tell a leak from the heap's "
+                f"own drift; too little to call a leak, too steady to rule one out: an exact "
+                f"signal (the census, or CUDA's allocator) would tell")
     return (f"allocated memory grew steadily ({format_bytes(evidence.trend.slope, signed=True)}"
             f"/request, {format_bytes(evidence.total_growth, signed=True)} over the window) but "
             f"less than the {format_bytes(floor)} the counter needs to tell a leak from its own "
@@ -320,9 +332,9 @@ def decide(
     what "full" means (None: the last sample's ``device_total``, else unknown).
     ``find_detection``: also find ``detected_after`` (a few more fits on prefixes).
     ``floor``: the signal's :class:`~vramguard.analysis.floor.Floor`, the least growth of
-    ``allocated`` over the window (and per request of it) that can count as a leak (none for
-    exact series; the sampler's for the CPU heap counter, 16 KiB and 128 B/request, which also
-    moves with Python's own allocations).
+    ``allocated`` over the window (and per request of its recent half) that can count as a leak
+    (none for exact series; the sampler's for the CPU heap counter, 16 KiB and 256 B/request,
+    which also moves with Python's own allocations).
     Cost: a few ms on 300 samples; fits are subsampled so 1000 samples cost about the same.
     """
     ordered = sorted(samples, key=lambda s: s.request)
@@ -356,8 +368,9 @@ def decide(
         )
 
     warnings: list[str] = []
-    least = max(_METRICS[0].min_total, floor.over(float(x[-1] - x[0])))
-    allocated = steady_growth(x, y, min_total=least)
+    least = max(_METRICS[0].min_total, float(floor.window_bytes))
+    rate = float(floor.bytes_per_step)
+    allocated = steady_growth(x, y, min_total=least, min_rate=rate)
     decided: tuple[_Metric, GrowthEvidence, np.ndarray, np.ndarray, np.ndarray] | None = None
     for metric in _METRICS:
         if metric is _METRICS[0]:
@@ -384,17 +397,18 @@ def decide(
     if decided is None:
         growth = _growth(allocated, t, y, end_used if end_used is not None else y[-1],
                          capacity_bytes)
-        doubt = _unearned_no_leak(allocated, least)
+        doubt = _unearned_no_leak(allocated, least, rate)
         if doubt is not None:
             return replace(verdict(VerdictKind.INCONCLUSIVE, doubt, warnings=warnings,
-                                   growth=growth, values=y), below_floor=True, floor=least)
+                                   growth=growth, values=y), below_floor=True, floor=least,
+                           floor_rate=rate if allocated.recent_rate < rate else 0.0)
         return verdict(VerdictKind.NO_LEAK, _no_leak_reason(allocated, int(x[0]), int(x[-1])),
                        warnings=warnings, growth=growth, values=y)
     metric, evidence, mx, mt, my = decided
     growth = _growth(evidence, mt, my, end_used if end_used is not None else my[-1],
                      capacity_bytes)
-    least = least if metric is _METRICS[0] else metric.min_total
-    detected = _detect(mx, my, least) if find_detection else None
+    least, rate = (least, rate) if metric is _METRICS[0] else (metric.min_total, 0.0)
+    detected = _detect(mx, my, least, rate) if find_detection else None
     return verdict(metric.kind, _reason(metric.kind, metric.name, evidence, int(mx[0]),
                                         int(mx[-1])),
                    warnings=warnings, growth=growth, values=my, detected=detected)
