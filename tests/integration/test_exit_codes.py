@@ -172,6 +172,29 @@ def test_check_with_too_few_requests_is_5_and_says_how_many_would_do(tmp_path: P
     assert rerun.returncode == 0, rerun.stderr
 
 
+def test_growth_slower_than_the_heap_floor_is_5_and_asks_for_no_more_requests(
+        tmp_path: Path) -> None:
+    # ~180 B/request of C heap (700 B kept every 4th call): steady, past the 16 KiB window floor
+    # over 600 requests, but under the heap counter's 256 B/request. A clean DDP rank's drift
+    # looks like this; so could a small leak. Neither "leak" nor "no leak", and a longer run at
+    # the same rate would not clear the floor, so no --requests figure is suggested.
+    target = write(tmp_path, "app.py", """
+        import torch
+        kept, calls = [], [0]
+        def handle():
+            calls[0] += 1
+            torch.ones(8).sum()
+            if calls[0] % 4 == 0:
+                kept.append(bytearray(700))
+    """)
+    result = vramguard("check", f"{target}:handle", "--requests", "600", "--quiet")
+    assert result.returncode == 5, result.stderr
+    line = next(x for x in result.stderr.splitlines() if "inconclusive" in x)
+    assert "slower than the 256 B/request the counter needs" in line
+    assert "more requests at this rate would not clear the floor" in line
+    assert "run with --requests" not in line
+
+
 def test_demo_with_too_few_requests_is_5() -> None:
     result = vramguard("demo", "--requests", "12", "--json")
     assert result.returncode == 5

@@ -309,8 +309,7 @@ def _unearned_no_leak(evidence: GrowthEvidence, floor: float, rate: float) -> st
         return (f"allocated memory grew steadily ({format_bytes(evidence.recent_rate, signed=True)}"
                 f"/request over the recent half of the window) but slower than the "
                 f"{format_bytes(rate)}/request the counter needs to tell a leak from the heap's "
-                f"own drift; too little to call a leak, too steady to rule one out: an exact "
-                f"signal (the census, or CUDA's allocator) would tell")
+                f"own drift; too little to call a leak, too steady to rule one out")
     return (f"allocated memory grew steadily ({format_bytes(evidence.trend.slope, signed=True)}"
             f"/request, {format_bytes(evidence.total_growth, signed=True)} over the window) but "
             f"less than the {format_bytes(floor)} the counter needs to tell a leak from its own "

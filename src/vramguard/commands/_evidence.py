@@ -47,8 +47,14 @@ def requests_needed(*, requests: int, warmup: int, readings: int, auto_warm: boo
     return max(requests + 1, total)
 
 
-def inconclusive_message(reason: str, *, requests: int, needed: int | None) -> str:
-    """The one line an inconclusive run ends with (on stderr)."""
+def inconclusive_message(reason: str, *, requests: int, needed: int | None,
+                         too_slow: bool = False) -> str:
+    """The one line an inconclusive run ends with (on stderr). ``too_slow``: the growth was
+    steady but slower than the signal's per-request floor (``Verdict.floor_rate``), which more
+    requests at the same rate do not clear."""
+    if too_slow:
+        return (f"inconclusive: {reason}; more requests at this rate would not clear the "
+                f"floor, so no --requests figure is given")
     if needed is None:
         return (f"inconclusive: {reason}; no usable memory reading came in, so more requests "
                 "alone may not help")

@@ -108,7 +108,7 @@ def finish(result: CheckResult, *, as_json: bool, quiet: bool,
     code = exit_code(result)
     if code == EXIT_INCONCLUSIVE:
         message = inconclusive_message(result.verdict.reason, requests=result.requests,
-                                       needed=needed)
+                                       needed=needed, too_slow=result.verdict.floor_rate > 0)
         click.echo(f"vramguard: {message}", err=True)
     return code
 
