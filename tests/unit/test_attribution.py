@@ -116,6 +116,49 @@ def test_collinear_traffic_is_reported_not_guessed() -> None:
     assert 900 <= int(together.group(1)) <= 1100
 
 
+def _alternating(seed: int, *, leak: float = 2750.0) -> list[Window]:
+    """What an idle server with a client strictly alternating /leak and /clean gives the web
+    guard at its default budget (measured: bench/web_routes.py --order alternate): a sampled
+    request alone in its window (exact, noise ~100 B), then a window of the next 4-150 requests
+    with as many of each route, give or take one (noise growing with the requests in it). (The
+    first window, a route's first request warming its caches, the web guard keeps out.)"""
+    rng = np.random.default_rng(seed)
+    windows = []
+    route = 0
+    for _ in range(16):
+        name = ("/leak", "/clean")[route]
+        windows.append(Window((leak if route == 0 else 0.0) + rng.normal(0, 100), {name: 1.0}))
+        route ^= 1
+        n = int(rng.integers(4, 150))
+        counts = {"/leak": float((n + (route == 0)) // 2), "/clean": float((n + (route == 1)) // 2)}
+        route ^= n % 2
+        noise = rng.normal(0, 300 * np.sqrt(n))
+        windows.append(Window(counts["/leak"] * leak + noise, counts))
+    return windows
+
+
+def test_strictly_alternating_routes_are_told_apart_by_their_exact_windows() -> None:
+    # Before the windows were weighted by their size and near-collinear routes fitted apart,
+    # both routes read "collinear" here after 1,000 requests each, leaking or not.
+    leaks = 0
+    for seed in range(20):
+        found = attribute(_alternating(seed))
+        leak, clean = found.route("/leak"), found.route("/clean")
+        assert leak is not None
+        assert clean is not None
+        assert clean.call is not Call.LEAK, clean
+        assert leak.status is Status.ESTIMATED, leak
+        assert leak.ci95 is not None
+        leaks += leak.call is Call.LEAK and leak.ci95[0] <= 2750 <= leak.ci95[1]
+    assert leaks >= 18
+
+
+def test_alternating_clean_routes_get_no_false_leak() -> None:
+    for seed in range(20):
+        found = attribute(_alternating(seed, leak=0.0))
+        assert all(r.call is not Call.LEAK for r in found.routes), found
+
+
 def test_too_few_windows_is_inconclusive_with_the_reason() -> None:
     estimate = attribute(_windows(8, {"/leak": 8 * KIB})).route("/leak")
     assert estimate is not None

@@ -11,7 +11,8 @@ allocated mid-request is not smeared into the wrong window). The model is
 and ``b_r``, the bytes a request of route ``r`` leaves behind, is fitted by non-negative least
 squares (``scipy.optimize.nnls``: a route cannot retain a negative amount on average, and a burst
 of frees, e.g. another thread's clean-up, can only pull estimates towards 0, never fabricate a
-leak). What the numbers mean:
+leak). The fit is weighted: a window's noise variance is taken as growing with the requests in
+it (1 + requests). What the numbers mean:
 
 - ``bytes_per_request``: the fitted ``b_r``, in bytes of the counter (native heap on CPU, the
   allocator's allocated bytes on accelerators), per request of the route, over all windows kept.
@@ -26,9 +27,12 @@ leak). What the numbers mean:
   ``no_leak`` when enough windows were seen, the interval reaches 0 and its top is at most
   ``NO_LEAK_MAX`` bytes per request (noisy windows that allow kilobytes are ``inconclusive``).
 - ``collinear``: when a route's request counts are (nearly) a combination of other routes'
-  counts (e.g. a client that always calls ``/a`` then ``/b``), the data cannot tell their bytes
-  apart. Those routes are fitted as one group, reported with the group's combined bytes per
-  request in the reason, and given no per-route estimate instead of a guess.
+  counts (e.g. a client that always calls ``/a`` then ``/b``), the data may not tell their bytes
+  apart. Such routes are fitted apart too, unless exactly collinear: where that separate fit
+  settles one of them (``leak``, or ``no_leak``), its estimates are reported (an idle server's
+  one-request windows tell a client's strictly alternating routes apart); otherwise the routes
+  are reported as one group, with the group's combined bytes per request in the reason, and no
+  per-route estimate instead of a guess.
 
 Memory that grows with time rather than with requests (a background thread) is, like any drift,
 attributed to the routes in proportion to their traffic; the overall verdict is unaffected.
@@ -50,7 +54,8 @@ MIN_WINDOWS = 16          # windows with the route before any verdict
 NO_LEAK_WINDOWS = 32      # ... before "no leak"
 NO_LEAK_MAX = 512.0       # ... and at most this many bytes/request possible (95%)
 MIN_REQUESTS = 24         # requests of the route before any verdict
-COLLINEAR_BELOW = 0.1     # residual share of a route's counts below which it cannot be separated
+COLLINEAR_BELOW = 0.1     # residual share of a route's counts below which it may not separate
+EXACT_BELOW = 1e-3        # ... below which it cannot (fitted apart, it would be a guess)
 MAX_COLUMNS = 32          # routes fitted separately; the rest share one column ("<rest>")
 # A verdict is asked for again and again as windows accumulate: a 95% test would flag a clean
 # route sooner or later. "Leak" needs t >= 4 over all windows (about 3e-5 one-sided per look)
@@ -160,31 +165,77 @@ def attribute(windows: Sequence[Window], *, collinear_below: float = COLLINEAR_B
               ) -> Attribution:
     """Fit every route's bytes per request over ``windows`` (see the module docstring).
 
-    Deterministic. Cost: two NNLS and two least-squares fits of a windows x routes matrix, plus
-    one per route for collinearity (about a millisecond at 1,000 windows and a few routes): call
-    it when a verdict is asked for, never per request.
+    Deterministic. Cost: two weighted least-squares fits and one NNLS of a windows x routes
+    matrix, twice (all windows, the recent half; again for near-collinear routes), plus one per
+    route for collinearity (about a millisecond at 1,000 windows and a few routes): call it when
+    a verdict is asked for, never per request.
     """
     names, matrix, deltas = _design(windows)
     if not names:
         return Attribution(len(windows), ())
-    groups = _collinear_groups(matrix, collinear_below)
-    fit_columns = np.stack([matrix[:, g].sum(axis=1) for g in groups], axis=1)
-    estimate, low, high, t = _fit(fit_columns, deltas)
-    half = len(deltas) // 2
-    recent_t = _fit(fit_columns[half:], deltas[half:])[3]
+    scale = _row_scale(matrix)
+    weighted = matrix * scale[:, None]
+    coarse = _collinear_groups(weighted, collinear_below)
+    coarse_fit = _GroupFit.of(matrix, deltas, scale, coarse)
+    fine, fine_fit = coarse, coarse_fit
+    if any(len(group) > 1 for group in coarse):
+        fine = _collinear_groups(weighted, EXACT_BELOW)
+        fine_fit = fine_fit if fine == coarse else _GroupFit.of(matrix, deltas, scale, fine)
     present = matrix > 0
-    routes = []
-    for g, group in enumerate(groups):
-        for j in group:
-            name = names[j]
-            if name == _REST:
-                continue
-            partners = tuple(names[k] for k in group if k != j)
-            routes.append(_estimate(
-                name, int(present[:, j].sum()), float(matrix[:, j].sum()), partners,
-                float(estimate[g]), (float(low[g]), float(high[g])), float(t[g]),
-                float(recent_t[g])))
+
+    def estimate(j: int, fit: _GroupFit, groups: list[list[int]]) -> RouteEstimate:
+        g = next(i for i, group in enumerate(groups) if j in group)
+        partners = tuple(names[k] for k in groups[g] if k != j)
+        return _estimate(names[j], int(present[:, j].sum()), float(matrix[:, j].sum()),
+                         partners, *fit.column(g))
+
+    routes: list[RouteEstimate] = []
+    for group in coarse:
+        chosen = [estimate(j, coarse_fit, coarse) for j in group]
+        if len(group) > 1:
+            # Near-collinear traffic (a client alternating two routes: every window holds as
+            # many of each, give or take one): fitted apart, the few windows that differ still
+            # tell the routes apart when their noise is small (the exact one-request windows of
+            # an idle server). The separate fit is used when it settles a route of the group
+            # (leak, or no leak); otherwise the group is reported as one, not guessed.
+            apart = [estimate(j, fine_fit, fine) for j in group]
+            if (all(not e.collinear_with for e in apart)
+                    and any(e.call is not Call.INCONCLUSIVE for e in apart)):
+                chosen = apart
+        routes.extend(e for e in chosen if e.route != _REST)
     return Attribution(len(windows), tuple(routes))
+
+
+def _row_scale(matrix: np.ndarray) -> np.ndarray:
+    """Each window's weight in the fit, as the square root that scales its row: a window's
+    noise adds up over the requests in it (each one's temporaries, the allocator's caches), so
+    its variance is taken as proportional to 1 + its requests. Unweighted, a 150-request window's
+    noise drowned the exact one-request windows that tell two alternating routes apart."""
+    return np.asarray(1.0 / np.sqrt(1.0 + matrix.sum(axis=1)))
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupFit:
+    """The fit of one grouping of the columns: per group, over all windows and the recent half."""
+
+    estimate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    t: np.ndarray
+    recent_t: np.ndarray
+
+    @classmethod
+    def of(cls, matrix: np.ndarray, deltas: np.ndarray, scale: np.ndarray,
+           groups: list[list[int]]) -> _GroupFit:
+        columns = np.stack([matrix[:, g].sum(axis=1) for g in groups], axis=1)
+        estimate, low, high, t = _fit(columns, deltas, scale)
+        half = len(deltas) // 2
+        recent_t = _fit(columns[half:], deltas[half:], scale[half:])[3]
+        return cls(estimate, low, high, t, recent_t)
+
+    def column(self, g: int) -> tuple[float, tuple[float, float], float, float]:
+        return (float(self.estimate[g]), (float(self.low[g]), float(self.high[g])),
+                float(self.t[g]), float(self.recent_t[g]))
 
 
 def _design(windows: Sequence[Window]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -258,25 +309,32 @@ def _padded(columns: np.ndarray, deltas: np.ndarray) -> tuple[np.ndarray, np.nda
     return padded, np.concatenate([deltas, np.zeros(size - rows)])
 
 
-def _fit(columns: np.ndarray, deltas: np.ndarray
+def _fit(columns: np.ndarray, deltas: np.ndarray, scale: np.ndarray
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(NNLS estimate, 95% low, 95% high, t statistic) per column; NaN without enough windows.
 
-    The interval and t are the unconstrained least-squares ones (Student t, residual variance),
-    clipped at 0. Not a bootstrap of the NNLS fit: with clean routes on the 0 boundary that
-    bootstrap under-covers (80% measured for a nominal 95% on synthetic windows), the analytic
-    interval does not (93-96%).
+    Weighted (``scale``: :func:`_row_scale`). Not robust-reweighted on purpose: on an idle
+    server most windows change the counter by exactly 0, a robust scale (MAD) collapses to 0,
+    and a route's real but occasional leak (a tensor kept every 20th request) would be
+    down-weighted as outliers into a false "no leak"; the web guard keeps the one known
+    outlier, a route's first request warming its caches, out of the windows instead.
+    The interval and t are the unconstrained least-squares ones (Student t, residual variance)
+    of the weighted problem, clipped at 0. Not a bootstrap of the NNLS fit: with clean
+    routes on the 0 boundary that bootstrap under-covers (80% measured for a nominal 95% on
+    synthetic windows), the analytic interval does not (93-96%).
     """
     width = columns.shape[1]
     dof = len(deltas) - width
     if dof < 2:
         nan = np.full(width, np.nan)
         return nan, nan, nan, nan
-    estimate = nnls(*_padded(columns, deltas))[0]
-    ols = np.linalg.lstsq(columns, deltas, rcond=None)[0]
-    residual = deltas - columns @ ols
+    x = columns * scale[:, None]
+    y = deltas * scale
+    estimate = nnls(*_padded(x, y))[0]
+    ols = np.linalg.lstsq(x, y, rcond=None)[0]
+    residual = y - x @ ols
     variance = float(residual @ residual) / dof
-    se = np.sqrt(np.clip(np.diag(np.linalg.pinv(columns.T @ columns)), 0.0, None) * variance)
+    se = np.sqrt(np.clip(np.diag(np.linalg.pinv(x.T @ x)), 0.0, None) * variance)
     q = float(student_t.ppf(0.975, dof))
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(se > 0, ols / se, np.where(ols > 0, np.inf, 0.0))

@@ -96,8 +96,9 @@ class RouteBook:
             route = self._routes[name] = _Route(samples=SampleStore(self._max_samples))
         return route
 
-    def count(self, name: str, *, overlapped: bool = False, now: float | None = None) -> None:
-        """One request of ``name`` ended ``now`` (overlapping others or not)."""
+    def count(self, name: str, *, overlapped: bool = False, now: float | None = None) -> int:
+        """One request of ``name`` ended ``now`` (overlapping others or not); returns the
+        route's requests so far."""
         route = self._route(name)
         route.requests += 1
         route.overlapped += overlapped
@@ -105,6 +106,7 @@ class RouteBook:
             if route.first_seen is None:
                 route.first_seen = now
             route.last_seen = now
+        return route.requests
 
     def rate(self, name: str) -> float | None:
         """The route's requests per second so far (None: too few to tell)."""
