@@ -11,11 +11,11 @@ import pytest
 
 from vramguard.adapters.health import Health, decide_health, hold
 from vramguard.adapters.options import WebOptions
-from vramguard.adapters.routes import OTHER, RouteBook
+from vramguard.adapters.routes import OTHER, RouteBook, combine
 from vramguard.adapters.window import Windows, WindowState
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.suspects import Suspect
-from vramguard.analysis.verdict import VerdictKind, decide
+from vramguard.analysis.verdict import Growth, Verdict, VerdictKind, decide
 from vramguard.errors import UsageError
 from vramguard.pytest_plugin import Settings, resolve
 from vramguard.readers.census import TensorGroup
@@ -66,6 +66,22 @@ def test_route_book_is_bounded() -> None:
 def _leak(rate_per_s: float, start: int = 10 * 2**20) -> list[Sample]:
     return [Sample(request=i, time=float(i), allocated=start + int(rate_per_s * i),
                    device_used=start + int(rate_per_s * i)) for i in range(100)]
+
+
+def test_a_routes_no_leak_needs_the_trends_interval_tight_too_not_only_the_means() -> None:
+    # Measured under waitress: a ~1 KiB/request leak whose series trended +1.4 KiB/request
+    # (significant) read "no leak" from the flush-cycle rule, while frees landing in measured
+    # requests kept the mean's bound under 512 B. The trend's interval top now counts too.
+    def exact(trend: tuple[float, float]) -> Verdict:
+        growth = Growth((trend[0] + trend[1]) / 2, trend, None, None, None)
+        return Verdict(VerdictKind.NO_LEAK, 150, 3, None, growth, 0, 0, None, (),
+                       "allocated memory trended ... did not keep rising in the recent half")
+
+    doubtful = combine(exact((700.0, 2100.0)), None, 150, floor=1024.0, upper=300.0)
+    assert doubtful.kind is VerdictKind.INCONCLUSIVE
+    assert "up to 2.1 KiB/request is possible" in doubtful.reason
+    tight = combine(exact((-20.0, 40.0)), None, 150, floor=1024.0, upper=300.0)
+    assert tight.kind is VerdictKind.NO_LEAK
 
 
 def test_health_fails_when_the_leak_reaches_the_limit_in_time() -> None:
