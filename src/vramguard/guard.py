@@ -272,9 +272,10 @@ class Guard:
     def observe(self, allocated: int | None) -> None:
         """A reading of this guard's own signal taken elsewhere just now, kept as a sample after
         the steps ended so far; never raises. The web guard's cuts are such readings (the same
-        cheap counter, at a request boundary): at its default budget they are most of the
-        readings (33 cuts against 8 of the Guard's own reads over 2,000 0.3 ms requests,
-        measured), so the overall verdict gets them at no further cost. Ignored where the
+        cheap counter, at a request boundary): at its default budget they can be most of the
+        readings (33 windows against 8 samples of its own after warm-up, over 2,000 requests
+        of bench/web_routes.py's app, measured), so the overall verdict gets them at no
+        further cost. Ignored where the
         samples are not of that counter (the census fallback), while vramguard's own diagnosis
         is on the heap, and when a sample already stands at this step."""
         if allocated is None or self._failed or not self._sampler.cheap or self._mine():

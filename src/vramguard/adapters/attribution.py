@@ -180,7 +180,7 @@ def attribute(windows: Sequence[Window], *, collinear_below: float = COLLINEAR_B
     fine, fine_fit = coarse, coarse_fit
     if any(len(group) > 1 for group in coarse):
         fine = _collinear_groups(weighted, EXACT_BELOW)
-        fine_fit = fine_fit if fine == coarse else _GroupFit.of(matrix, deltas, scale, fine)
+        fine_fit = coarse_fit if fine == coarse else _GroupFit.of(matrix, deltas, scale, fine)
     present = matrix > 0
 
     def estimate(j: int, fit: _GroupFit, groups: list[list[int]]) -> RouteEstimate:

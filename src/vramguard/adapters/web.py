@@ -199,8 +199,9 @@ class WebGuard:
                 alone = ticket.alone and self._seq == ticket.seq
                 first = self._routes.count(name, overlapped=not alone, now=now) == 1
                 if ticket.fresh or first:
-                    # A route's first request warms its caches (36 KiB on the example app's
-                    # /clean, against ~2.7 KiB a /leak request keeps: measured), and a fresh
+                    # A route's first request warms its caches (36 KiB on /clean of the
+                    # bench's app, tests/integration/targets/web_apps.py, against ~2.7 KiB a
+                    # /leak request keeps: measured), and a fresh
                     # thread's too (see _fresh_thread): one such window outweighed a hundred
                     # ordinary ones in the route fit.
                     self._ledger.taint(ticket.window)
