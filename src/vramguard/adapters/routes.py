@@ -220,7 +220,7 @@ def combine(exact: Verdict, estimate: RouteEstimate | None, requests: int, *,
     hides a kilobyte leak in a few hundred samples). Both: a free elsewhere that lands in a
     measured request pulls the mean down, not the trend's median slope; a ~1 KiB/request leak
     under waitress, trend +1.4 KiB/request, read "no leak" on the mean's bound alone
-    (tests/integration/test_flask_waitress.py, 1 run in 6).
+    (tests/integration/test_flask_pool_servers.py, 1 run in 6).
     """
     if exact.growth is not None:
         trend_top = exact.growth.ci95[1]

@@ -22,7 +22,12 @@ import numpy as np
 
 from vramguard.analysis.floor import EXACT, Floor
 from vramguard.analysis.samples import Sample
-from vramguard.analysis.steady_growth import MIN_POINTS, GrowthEvidence, steady_growth
+from vramguard.analysis.steady_growth import (
+    MIN_POINTS,
+    GrowthEvidence,
+    hidden_by_noise,
+    steady_growth,
+)
 from vramguard.analysis.trend import fit_trend, time_to_reach
 from vramguard.units import format_bytes, format_duration
 
@@ -115,10 +120,17 @@ class Verdict:
     """For a ``below_floor`` verdict whose recent half grew slower than the signal's per-request
     floor: that floor (0 when the growth was too small for the window floor only)."""
 
+    noisy: bool = False
+    """Inconclusive because a significant trend, as large as the floors count, may be a leak
+    that the noise hides (a run twice as long would tell: the rise doubles, the noise does not)."""
+
     def requests_to_clear(self) -> int | None:
         """For a ``below_floor`` verdict: requests past the warm-up over which the growth seen
         would clear the floor (None otherwise, when it did not grow, or when it grew slower than
-        ``floor_rate``: no longer run at the same rate clears that)."""
+        ``floor_rate``: no longer run at the same rate clears that). For a ``noisy`` one: twice
+        the window this run had."""
+        if self.noisy:
+            return 2 * max(1, self.requests - self.warmup)
         if not self.below_floor or self.growth is None or self.growth.bytes_per_request <= 0:
             return None
         if self.floor_rate > 0:
@@ -317,6 +329,23 @@ def _unearned_no_leak(evidence: GrowthEvidence, floor: float, rate: float) -> st
             f"tell")
 
 
+def _hidden_leak(evidence: GrowthEvidence, x: np.ndarray, y: np.ndarray, floor: float,
+                 rate: float) -> str | None:
+    """Why a significant trend that failed the retained-level test has not earned "no leak"
+    (None: it has): growth as large as the floors count, which the noise may hide (see
+    :func:`~vramguard.analysis.steady_growth.hidden_by_noise`). A longer run tells: a leak keeps
+    rising out of the noise."""
+    trend = evidence.trend
+    if (trend is None or trend.slope < rate or evidence.total_growth < floor
+            or not hidden_by_noise(x, y, evidence)):
+        return None
+    return (f"allocated memory trended {format_bytes(trend.slope, signed=True)}/request "
+            f"({format_bytes(evidence.total_growth, signed=True)} over requests "
+            f"{int(x[0])}..{int(x[-1])}), but the noise (spread "
+            f"{format_bytes(evidence.spread)}) hides whether the level it retains rose: too "
+            f"little to call a leak, too steady to rule one out; a longer run would tell")
+
+
 def decide(
     samples: Sequence[Sample],
     *,
@@ -401,6 +430,10 @@ def decide(
             return replace(verdict(VerdictKind.INCONCLUSIVE, doubt, warnings=warnings,
                                    growth=growth, values=y), below_floor=True, floor=least,
                            floor_rate=rate if allocated.recent_rate < rate else 0.0)
+        hidden = _hidden_leak(allocated, x, y, least, rate)
+        if hidden is not None:
+            return replace(verdict(VerdictKind.INCONCLUSIVE, hidden, warnings=warnings,
+                                   growth=growth, values=y), noisy=True)
         return verdict(VerdictKind.NO_LEAK, _no_leak_reason(allocated, int(x[0]), int(x[-1])),
                        warnings=warnings, growth=growth, values=y)
     metric, evidence, mx, mt, my = decided
