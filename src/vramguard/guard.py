@@ -189,12 +189,21 @@ class Guard:
                 self._end_step(started, tracked=bool(tracking))
         return cast(F, wrapper)
 
-    def _end_step(self, started: float, *, tracked: bool = False) -> None:
+    def end_step(self, started: float, now: float) -> None:
+        """One step that began at ``started`` ended at ``now``, both on this guard's clock: for
+        an adapter that times its requests itself (the web guard, one clock read a request and
+        no step object). Only for a guard that records no allocation sites (``diagnose="never"``):
+        there is no diagnosis window to enter or leave."""
+        self._end_step(started, now=now)
+
+    def _end_step(self, started: float, *, tracked: bool = False,
+                  now: float | None = None) -> None:
         # Hot path, no lock: next() on itertools.count is atomic under the GIL, and the timing
         # statistics tolerate a lost update between threads. The lock is taken only when a read
         # is due, to elect the one thread that reads. A step the diagnosis window tracked is
         # not read: the heap holds the tracker's own records then (its span ended just before).
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         request = next(self._counter)
         self._ended = request
         self._account.record_step(now - started, request == 1)
