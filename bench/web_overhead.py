@@ -14,8 +14,14 @@ owes a full collection of everything it imported (~80 ms here), which the first 
 of whichever code runs next trigger. The bare handler allocates nothing that survives, so without
 it that one collection always landed in a guarded request. After it, a full collection needs a
 quarter of the heap to be new survivors, which the middleware's bounded state never reaches.
+``--paired`` measures the cost more finely: the arms take turns *request by request* (bare, a
+pass-through middleware that only wraps ``send``, and the guarded app; ABBA order), so drifts of
+the machine's speed slower than a few ms hit every arm alike, and the pass-through arm shows what
+any pure-ASGI middleware costs beside the same handler. It prints the median of per-block
+(100 requests) ratios and the median paired difference per request. Interleaved rounds of 200
+requests, the default, moved by +-2% between runs that changed nothing here.
 Run: python bench/web_overhead.py [--rounds 30] [--requests 200] [--app starlette|raw]
-     [--budget 0.01]
+     [--budget 0.01] [--paired [--baseline vramguard_base]]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import logging
 import statistics
 import time
@@ -158,7 +165,7 @@ async def main(rounds: int, requests: int, kind: str, budget: float) -> None:
     print(f"with middleware: {median_guarded * 1e6:8.1f} us/request (median)")
     print(f"median ratio:    {statistics.median(ratios):.4f} "
           f"(+{(median_guarded - median_bare) * 1e6:.1f} us/request); "
-          f"guard's own estimate {guarded.web.guard.overhead:.4f}")
+          f"guard's own estimate {guarded.web.overhead:.4f}")
     for label, share in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0)):
         plain, with_guard = (percentile(latencies[id(app)], share) for app in (bare, guarded))
         print(f"{label:>6} latency: bare {plain * 1e6:8.1f} us, with middleware "
@@ -175,11 +182,86 @@ async def main(rounds: int, requests: int, kind: str, budget: float) -> None:
           f"{guarded.web.worker_failure or 'ok'}")
 
 
+class PassThrough:
+    """The least a pure-ASGI middleware does: wrap ``send`` to see the last body chunk."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        done = False
+
+        async def watched(message: Any) -> None:
+            nonlocal done
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done = True
+            await send(message)
+        await self.app(scope, receive, watched)
+
+
+async def paired(rounds: int, requests: int, kind: str, budget: float,
+                 baseline: str | None = None) -> None:
+    """The arms take turns request by request (see the module docstring). ``baseline``: the
+    import name of another copy of the package (an older commit's ``src/vramguard`` copied as
+    ``vramguard_base`` with its imports renamed), guarded as a fourth arm in the same process,
+    so both versions meet the same machine at the same moments."""
+    bare = make_handler(kind=kind)
+    guarded = VramGuardMiddleware(bare, device="cpu", overhead_budget=budget)
+    arms = {"bare": bare, "pass-through": PassThrough(bare), "guarded": guarded}
+    if baseline is not None:
+        other = importlib.import_module(f"{baseline}.asgi").VramGuardMiddleware
+        arms[baseline] = other(bare, device="cpu", overhead_budget=budget)
+    for app in arms.values():
+        await drive(app, requests)  # warm-up
+    gc.collect()  # the full collection the imports owe (see the module docstring)
+    scope = {"type": "http", "method": "GET", "path": "/predict", "root_path": "",
+             "headers": [], "query_string": b""}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    names = list(arms)
+    took: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
+    for index in range(rounds * requests):
+        for name in (names if index % 2 == 0 else names[::-1]):
+            began = clock()
+            await arms[name](dict(scope), receive, send)
+            took[name].append(clock() - began)
+    for app in arms.values():
+        if hasattr(app, "close"):
+            app.close()
+    block = 100
+    base = took["bare"]
+    print(f"paired: {len(base)} requests per arm, app={kind} budget={budget:g} "
+          f"torch={torch.__version__}; guard's own estimate {guarded.web.overhead:.4f}")
+    if baseline is not None:
+        print(f"{baseline}'s own estimate {arms[baseline].web.guard.overhead:.4f} (its Guard's)")
+    for name in names:
+        mine = took[name]
+        ratios = [sum(mine[i:i + block]) / sum(base[i:i + block])
+                  for i in range(0, len(base) - block + 1, block)]
+        diff = statistics.median([a - b for a, b in zip(mine, base, strict=True)])
+        print(f"{name:>12}: mean {statistics.fmean(mine) * 1e6:8.1f} us, median block ratio "
+              f"{statistics.median(ratios):.4f}, median paired difference {diff * 1e6:+.1f} us, "
+              f"p99.9 {percentile(mine, 0.999) * 1e6:8.1f} us")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--app", choices=("starlette", "raw"), default="starlette")
     parser.add_argument("--budget", type=float, default=0.01)
+    parser.add_argument("--paired", action="store_true",
+                        help="arms take turns request by request (see above)")
+    parser.add_argument("--baseline", metavar="PACKAGE",
+                        help="with --paired: another copy of the package, guarded side by side")
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.requests, args.app, args.budget))
+    if args.paired:
+        asyncio.run(paired(args.rounds, args.requests, args.app, args.budget, args.baseline))
+    else:
+        asyncio.run(main(args.rounds, args.requests, args.app, args.budget))

@@ -129,24 +129,30 @@ class VramGuardMiddleware:
                 end()
             await send(message)
 
-        tracking = _NULL
-        if self.web.diagnosing:
-            # A route under diagnosis: match it now (the router sets scope["route"] only later)
-            # and record allocation sites while the app runs, for ``async def`` endpoints only:
-            # they run in this thread. Sync ones run in Starlette's threadpool, which the
-            # tracker (thread-local) cannot follow; see vramguard.adapters.window.
-            try:
-                route = _find_route(scope)
-                if inspect.iscoroutinefunction(getattr(route, "endpoint", None)):
-                    tracking = self.web.track(_template(route, scope, root_path))
-            except Exception:  # a strange router must not fail the request
-                tracking = _NULL
+        # A diagnosis window is rare; without one the app runs with no context around it.
+        tracking = self._tracking(scope, root_path) if self.web.diagnosing else None
         try:
-            with tracking:
+            if tracking is None:
                 await self.app(scope, receive, guarded_send)
+            else:
+                with tracking:
+                    await self.app(scope, receive, guarded_send)
         finally:
             if not ended:  # the app raised, or never finished its response
                 end()
+
+    def _tracking(self, scope: Scope, root_path: str) -> AbstractContextManager[None]:
+        # A route under diagnosis: match it now (the router sets scope["route"] only later) and
+        # record allocation sites while the app runs, for ``async def`` endpoints only: they
+        # run in this thread. Sync ones run in Starlette's threadpool, which the tracker
+        # (thread-local) cannot follow; see vramguard.adapters.window.
+        try:
+            route = _find_route(scope)
+            if inspect.iscoroutinefunction(getattr(route, "endpoint", None)):
+                return self.web.track(_template(route, scope, root_path))
+        except Exception:  # a strange router must not fail the request
+            pass
+        return _NULL
 
     def _lifespan(self, receive: Receive) -> Receive:
         # The server is shutting down: stop the web guard's worker thread with the app (and let

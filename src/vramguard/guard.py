@@ -110,6 +110,7 @@ class Guard:
         # With a budget, the first read waits until the step time is known, so the read period
         # does not start from a guess; without one (check), read from the first step.
         self._next_read = 1 if overhead_budget is None else _FIRST_READ
+        self._after_read = 0  # the step (counted from 1) that begins right after the last read
         self._next_census = 1  # census_every's cadence (when given)
         self._in_job: bool | None = None  # a distributed job's rank (decided at the first read)
         self._sampling = False
@@ -206,7 +207,7 @@ class Guard:
             now = self._clock()
         request = next(self._counter)
         self._ended = request
-        self._account.record_step(now - started, request == 1)
+        self._account.record_step(now - started, request == 1, request == self._after_read)
         if request < self._next_read or self._sampling or self._failed or tracked:
             return
         with self._lock:
@@ -256,6 +257,8 @@ class Guard:
             started = _own_time()
             sample = self._sampler.read(request, now, census)
             account.read_took(_own_time() - started)
+            if census is None:  # a census's own after-effect is no read's
+                self._after_read = request + 2  # the next step's count (``request`` is 0-based)
             self._last_allocated = sample.allocated
             self.process_groups.note(request)  # ~1 us; nothing outside a distributed job
             with self._lock:
@@ -439,9 +442,21 @@ class Guard:
 
     @property
     def overhead(self) -> float:
-        """The guard's own reading time (CPU time of its reads and censuses) as a share of the
-        wall time spent in steps (0.004 = 0.4%)."""
+        """The guard's own reading time (CPU time of its reads and censuses, and what each read
+        costs the step after it, :attr:`read_after_effect_s`) as a share of the wall time spent
+        in steps (0.004 = 0.4%)."""
         return self._account.overhead
+
+    @property
+    def step_time_s(self) -> float:
+        """Wall time spent in steps so far (what :attr:`overhead` is a share of)."""
+        return self._account.busy_s
+
+    @property
+    def read_after_effect_s(self) -> float:
+        """Seconds a cheap read adds to the step after it, beyond its own CPU time (measured:
+        the steps right after a read against the others; 0 until enough of each)."""
+        return self._account.after_effect_s
 
     @property
     def samples(self) -> tuple[Sample, ...]:

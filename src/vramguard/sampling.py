@@ -24,6 +24,10 @@ READ_SHARE = 0.7  # of the budget, spread evenly over the steps for the cheap re
 ACCOUNT_SHARE = 0.9
 DENSE_CENSUS_BUDGET = 0.05  # without a budget (check): routine censuses still stay under 5%
 FIRST_CENSUS_GUESS_S = 0.015  # a census with nothing retained, in a process that imported torch
+# Steps of each kind (right after a read, and the others) before their difference counts as a
+# read's after-effect: fewer, and one slow step (a collection) would set the read period.
+AFTER_EFFECT_MIN_STEPS = 16
+AFTER_EFFECT_CAP = 2.0  # step times above this many typical steps count as this many
 
 
 @dataclass(slots=True)
@@ -42,18 +46,64 @@ class Budget:
     read_cost_s: float = 0.0
     census_cost_s: float = 0.0
     census_spent_s: float = 0.0  # of ``spent_s``: what censuses took
+    reads: int = 0
+    # A read's after-effect (see ``after_effect_s``): the steps right after a read, the others.
+    after_sum_s: float = 0.0
+    after_squares: float = 0.0
+    after_steps: int = 0
+    plain_sum_s: float = 0.0
+    plain_squares: float = 0.0
+    plain_steps: int = 0
 
-    def record_step(self, elapsed: float, first: bool) -> None:
-        """Hot path: one step took ``elapsed`` seconds."""
+    def record_step(self, elapsed: float, first: bool, after_read: bool = False) -> None:
+        """Hot path: one step took ``elapsed`` seconds (``after_read``: it began right after a
+        cheap read)."""
         self.busy_s += elapsed
         self.step_s += (elapsed - self.step_s) * (1.0 if first else 0.05)
+        # Capped alike on both sides, so a rare slow step (a collection, the machine) does not
+        # stand for every read; a real after-effect is a fraction of a step.
+        capped = min(elapsed, AFTER_EFFECT_CAP * self.step_s)
+        if after_read:
+            self.after_sum_s += capped
+            self.after_squares += capped * capped
+            self.after_steps += 1
+        else:
+            self.plain_sum_s += capped
+            self.plain_squares += capped * capped
+            self.plain_steps += 1
+
+    @property
+    def after_effect_s(self) -> float:
+        """What a cheap read costs the step after it, beyond its own time: the steps right after
+        a read against the others, on average, less two standard errors of that difference (0
+        until each kind has ``AFTER_EFFECT_MIN_STEPS``). Step times vary by themselves (a busy
+        machine, uneven requests); the margin keeps that noise from passing for a cost, which
+        would thin the reads, and so the verdicts, for nothing.
+
+        ``mallinfo2`` walks every free chunk of the C heap, and the walk evicts the service's
+        working set from the caches: on a CPU DDP rank a 141-163 us read made the next step
+        60-135 us slower (bench/distributed_share.py), time no clock of the guard's own thread
+        sees. Priced in, reads are spaced by what they cost the service."""
+        after, plain = self.after_steps, self.plain_steps
+        if after < AFTER_EFFECT_MIN_STEPS or plain < AFTER_EFFECT_MIN_STEPS:
+            return 0.0
+        after_mean, plain_mean = self.after_sum_s / after, self.plain_sum_s / plain
+        variance = (max(0.0, self.after_squares / after - after_mean ** 2) / after
+                    + max(0.0, self.plain_squares / plain - plain_mean ** 2) / plain)
+        return max(0.0, after_mean - plain_mean - 2.0 * math.sqrt(variance))
+
+    def _read_price_s(self) -> float:
+        return self.read_cost_s + self.after_effect_s
+
+    def _spent_with_after_effects(self) -> float:
+        return self.spent_s + self.reads * self.after_effect_s
 
     def read_period(self) -> int:
         """Steps between two cheap reads (1 in dense mode)."""
         if self.share is None:
             return 1
         allowed = self.share * READ_SHARE * max(self.step_s, 1e-7)
-        return max(1, math.ceil(self.read_cost_s / allowed))
+        return max(1, math.ceil(self._read_price_s() / allowed))
 
     def next_read(self, step: int, *, aligned: bool = False) -> int:
         """The step (counted from 1) of the next cheap read after ``step``: ``read_period``
@@ -77,7 +127,7 @@ class Budget:
         """
         share = DENSE_CENSUS_BUDGET if self.share is None else self.share * ACCOUNT_SHARE
         cost = (self.census_cost_s or FIRST_CENSUS_GUESS_S) * scale
-        return share * self.busy_s - self.spent_s >= cost
+        return share * self.busy_s - self._spent_with_after_effects() >= cost
 
     def overdrawn(self) -> bool:
         """True when the reads spent more than the account earned (a read cost more than its
@@ -90,7 +140,8 @@ class Budget:
         ~100 times its cost in steps' time, just while a leak goes on."""
         if self.share is None:
             return False
-        return self.spent_s - self.census_spent_s > self.share * ACCOUNT_SHARE * self.busy_s
+        spent = self._spent_with_after_effects() - self.census_spent_s
+        return spent > self.share * ACCOUNT_SHARE * self.busy_s
 
     def paid(self, seconds: float) -> None:
         """The guard spent ``seconds`` reading memory."""
@@ -105,11 +156,12 @@ class Budget:
     def read_took(self, seconds: float) -> None:
         """A cheap read cost ``seconds``."""
         self.read_cost_s = cost_estimate(self.read_cost_s, seconds)
+        self.reads += 1
 
     @property
     def overhead(self) -> float:
-        """Spent as a share of busy (0.004 = 0.4%)."""
-        return self.spent_s / self.busy_s if self.busy_s > 0 else 0.0
+        """Spent as a share of busy (0.004 = 0.4%), the reads' after-effects included."""
+        return self._spent_with_after_effects() / self.busy_s if self.busy_s > 0 else 0.0
 
 
 def cost_estimate(old: float, new: float) -> float:

@@ -230,6 +230,48 @@ def test_budget_spaces_out_reads_and_keeps_the_census_off_until_paid_for():
     assert guard.overhead <= 0.01
 
 
+def _run_with_after_effect(extra_s: float) -> tuple[Guard, float]:
+    # 2,000 steps of 1 ms (fake clock); the step right after each heap read lasts ``extra_s``
+    # longer: a read's after-effect (its walk of the heap evicted the step's working set), which
+    # no clock of the guard's own thread sees. Returns the guard and the share of the run's
+    # time that the after-effects took.
+    real = HeapCounter()
+    now, pending, slow = [0.0], [0], [0]
+
+    def read() -> int:
+        pending[0] = 2  # the next clock read begins the next step, the one after ends it
+        return real.read() or 0
+
+    def clock() -> float:
+        now[0] += 0.001
+        if pending[0]:
+            pending[0] -= 1
+            if not pending[0]:
+                now[0] += extra_s
+                slow[0] += 1
+        return now[0]
+
+    guard = Guard("cpu", clock=clock, diagnose="never",
+                  sampler=Sampler(Device("cpu"), heap=HeapCounter(probe=read)))
+    for _ in range(2000):
+        with guard.step():
+            pass
+    return guard, slow[0] * extra_s / now[0]
+
+
+def test_reads_are_priced_with_what_they_cost_the_step_after_them():
+    # Without an after-effect a read of a few us fits the 1% budget nearly every step; with a
+    # 0.5 ms after-effect per read the guard must see it (steps after reads against the others)
+    # and space its reads so that their whole cost stays within the budget, and say so.
+    cheap, _ = _run_with_after_effect(0.0)
+    dear, share = _run_with_after_effect(0.0005)
+    assert len(dear.samples) >= 20  # still a verdict's worth
+    assert len(dear.samples) * 4 < len(cheap.samples)
+    assert share <= 0.012, share
+    assert dear.overhead >= share * 0.7, (dear.overhead, share)
+    assert dear.overhead <= 0.012
+
+
 TRAINING_JOB = """
 import json, torch
 from vramguard import Guard, VerdictKind

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 from vramguard.analysis.samples import Sample
 from vramguard.sampling import FIRST_CENSUS_GUESS_S, Budget, History
@@ -107,3 +108,38 @@ def test_history_halves_evenly_and_keeps_census_samples_apart():
     assert len(gaps) == 1  # evenly spread
     assert [s.request for s in census] == list(range(0, 1000, 100))  # none thinned away
     assert [s.request for s in samples] == sorted(s.request for s in samples)
+
+
+def _noisy_steps(budget: Budget, count: int, *, extra: float, seed: int = 0) -> None:
+    # 1 ms steps varying by +-20% (uniform); every 5th step follows a read and lasts ``extra``
+    # longer.
+    rng = random.Random(seed)
+    for i in range(count):
+        after = i % 5 == 1
+        budget.record_step(0.001 * rng.uniform(0.8, 1.2) + (extra if after else 0.0),
+                           first=i == 0, after_read=after)
+
+
+def test_a_reads_after_effect_is_measured_and_priced_into_the_read_period():
+    budget = Budget(0.01)
+    _noisy_steps(budget, 2000, extra=200e-6)
+    budget.read_took(20e-6)
+    assert 150e-6 <= budget.after_effect_s <= 210e-6
+    # (20 us + ~190 us) against the reads' 7 us a step: a read every ~30 steps, not every 3
+    assert 25 <= budget.read_period() <= 35
+    budget.paid(20e-6)
+    assert budget.overhead > (20e-6 + 150e-6) / budget.busy_s  # the after-effect is counted
+
+
+def test_step_times_that_vary_by_themselves_are_no_after_effect():
+    for seed in range(20):
+        budget = Budget(0.01)
+        _noisy_steps(budget, 2000, extra=0.0, seed=seed)
+        assert budget.after_effect_s == 0.0, seed
+
+
+def test_too_few_steps_after_reads_say_nothing_yet():
+    budget = Budget(0.01)
+    for i in range(100):
+        budget.record_step(0.002 if i < 15 else 0.001, first=i == 0, after_read=i < 15)
+    assert budget.after_effect_s == 0.0  # 15 steps after reads: one short of the minimum

@@ -201,7 +201,7 @@ def status_document(web: WebGuard) -> dict[str, Any]:
         "device": device,
         "requests": web.guard.requests,
         "in_flight": web.in_flight,
-        "overhead": web.guard.overhead,
+        "overhead": web.overhead,
         # floor_bytes (per request): the least growth of ``allocated`` over a window (per request)
         # that can count as a leak (the heap counter's floors on CPU), so a client judging these
         # values applies them too.
