@@ -18,26 +18,14 @@ import asyncio
 import gc
 import statistics
 import time
-from typing import Any
 
 import torch
-from web_overhead import make_handler  # bench/ is on sys.path when run as a script
+from web_overhead import SCOPE, make_handler, receive, send  # bench/ is on sys.path
 
 from vramguard.adapters.checker import Worker
 from vramguard.asgi import VramGuardMiddleware
 from vramguard.readers.device import resolve_device
 from vramguard.readers.sampler import Sampler
-
-SCOPE = {"type": "http", "method": "GET", "path": "/predict", "root_path": "", "headers": [],
-         "query_string": b""}
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def _send(message: Any) -> None:
-    return None
 
 
 async def run(mode: str) -> tuple[list[float], list[float]]:
@@ -46,7 +34,7 @@ async def run(mode: str) -> tuple[list[float], list[float]]:
     sampler = Sampler(resolve_device("cpu"))
     worker = Worker(lambda key: sampler.census(groups=True), name="census-bench")
     for _ in range(300):
-        await app(dict(SCOPE), _receive, _send)
+        await app(dict(SCOPE), receive, send)
     gc.collect()
     worst, took = [], []
     for round_ in range(10):
@@ -61,7 +49,7 @@ async def run(mode: str) -> tuple[list[float], list[float]]:
             elif index == 100:
                 worker.ask(round_)
             started = time.perf_counter()
-            await app(dict(SCOPE), _receive, _send)
+            await app(dict(SCOPE), receive, send)
             latencies.append(time.perf_counter() - started + extra)
         worst.append(max(latencies[95:130]))
     worker.idle(60)

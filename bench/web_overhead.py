@@ -63,23 +63,26 @@ def make_handler(target_s: float = 0.001, kind: str = "raw") -> Any:
     return Starlette(routes=[Route("/predict", predict)])
 
 
+SCOPE = {"type": "http", "method": "GET", "path": "/predict", "root_path": "", "headers": [],
+         "query_string": b""}  # what each request's scope starts as (copied per request)
+
+
+async def receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def send(message: Any) -> None:
+    return None
+
+
 async def drive(app: Any, requests: int, latencies: list[float] | None = None,
                 spans: list[tuple[float, float]] | None = None) -> float:
     """Seconds per request for ``requests`` sequential GETs of /predict (each request's own
     seconds appended to ``latencies``, its (start, end) to ``spans``, when given)."""
-    scope = {"type": "http", "method": "GET", "path": "/predict", "root_path": "",
-             "headers": [], "query_string": b""}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Any) -> None:
-        return None
-
     started = time.perf_counter()
     for _ in range(requests):
         began = time.perf_counter()
-        await app(dict(scope), receive, send)
+        await app(dict(SCOPE), receive, send)
         ended = time.perf_counter()
         if latencies is not None:
             latencies.append(ended - began)
@@ -214,22 +217,13 @@ async def paired(rounds: int, requests: int, kind: str, budget: float,
     for app in arms.values():
         await drive(app, requests)  # warm-up
     gc.collect()  # the full collection the imports owe (see the module docstring)
-    scope = {"type": "http", "method": "GET", "path": "/predict", "root_path": "",
-             "headers": [], "query_string": b""}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Any) -> None:
-        return None
-
     names = list(arms)
     took: dict[str, list[float]] = {name: [] for name in names}
     clock = time.perf_counter
     for index in range(rounds * requests):
         for name in (names if index % 2 == 0 else names[::-1]):
             began = clock()
-            await arms[name](dict(scope), receive, send)
+            await arms[name](dict(SCOPE), receive, send)
             took[name].append(clock() - began)
     for app in arms.values():
         if hasattr(app, "close"):

@@ -7,6 +7,7 @@ import itertools
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -176,6 +177,24 @@ def test_cleanup_every_n_requests_runs_between_requests_and_reports_its_cost() -
     assert "3 clean-ups" in str(stats)
 
 
+def _priced_run(monkeypatch: pytest.MonkeyPatch, requests: int, route: str,
+                handle: Callable[[], object]) -> WebGuard:
+    # ``requests`` of ``route``, one at a time, 100 us each on an injected clock, each cut
+    # priced at 5 us of CPU (an injected thread clock: the measured cost rises on a loaded
+    # machine, and with it the cut period), so the windows do not depend on the machine.
+    ticks = itertools.count()
+    monkeypatch.setattr(time, "thread_time", lambda: next(ticks) * 5e-6)
+    now = [0.0]
+    web = WebGuard("cpu", clock=lambda: now[0], options=WebOptions(diagnose_requests=0))
+    for _ in range(requests):
+        ticket = web.begin()
+        now[0] += 100e-6
+        handle()
+        web.end(ticket, route)
+        now[0] += 1e-6
+    return web
+
+
 def test_each_cuts_reading_is_a_sample_of_the_overall_verdict_too(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # At the default budget the cuts (the route windows' edges) read the same counter as the
@@ -185,18 +204,10 @@ def test_each_cuts_reading_is_a_sample_of_the_overall_verdict_too(
     # injected clock, and a cut priced at 5 us of CPU (an injected thread clock: the measured
     # cost rises on a loaded machine, and with it the cut period), so the windows do not
     # depend on the machine; before, samples < windows (27 to 65).
-    ticks = itertools.count()
-    monkeypatch.setattr(time, "thread_time", lambda: next(ticks) * 5e-6)
-    now = [0.0]
-    web = WebGuard("cpu", clock=lambda: now[0], options=WebOptions(diagnose_requests=0))
-    kept = []
+    kept: list[bytearray] = []
+    web = _priced_run(monkeypatch, 2000, "/leak",
+                      lambda: kept.append(bytearray(16 * KIB)))  # the leak: 16 KiB a request
     try:
-        for _ in range(2000):
-            ticket = web.begin()
-            now[0] += 100e-6
-            kept.append(bytearray(16 * KIB))  # the leak: 16 KiB of C heap a request
-            web.end(ticket, "/leak")
-            now[0] += 1e-6
         windows = web.attribution().windows
         assert windows >= 100
         assert len(web.guard.samples) >= windows
@@ -209,16 +220,8 @@ def test_the_status_overhead_counts_the_route_cuts_not_only_the_guards_reads(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The cuts get half the web guard's budget; the status's "overhead" left them out (it was
     # the Guard's alone). 100 us requests on an injected clock, each cut priced at 5 us of CPU.
-    ticks = itertools.count()
-    monkeypatch.setattr(time, "thread_time", lambda: next(ticks) * 5e-6)
-    now = [0.0]
-    web = WebGuard("cpu", clock=lambda: now[0], options=WebOptions(diagnose_requests=0))
+    web = _priced_run(monkeypatch, 1000, "/clean", lambda: None)
     try:
-        for _ in range(1000):
-            ticket = web.begin()
-            now[0] += 100e-6
-            web.end(ticket, "/clean")
-            now[0] += 1e-6
         cuts = web.attribution().windows
         assert cuts >= 50
         busy = web.guard.step_time_s
