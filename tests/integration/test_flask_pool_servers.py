@@ -129,7 +129,7 @@ def test_under_gunicorn_gthread_the_routes_are_measured_and_the_leak_is_seen(
     assert clean["growth"] is not None
     assert leaky["growth"]["bytes_per_request"] > clean["growth"]["bytes_per_request"] + 400
     # Over these 300 requests the overall series is noisy (the server's own buffers): it read
-    # "leak" in 10 runs of 10, but in 3 of 18 earlier runs "no leak" ("trended +666 B/request
+    # "leak" in 10 runs of 10, but in 2 of 41 earlier runs "no leak" ("trended +666 B/request
     # ... did not keep rising in the recent half"), a false one. Such a run is now inconclusive
     # (the verdict's hidden-by-noise doubt), never a pass.
     overall = status["overall"]
