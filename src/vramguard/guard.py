@@ -74,6 +74,9 @@ class Guard:
     ``defer_census(groups, follow_graphs)``: where a step must not wait for a census (a web
     request: the whole census would be that request's latency), a function that queues it on
     another thread, which then calls :meth:`run_deferred_census`; True when queued.
+    ``after_effects``: measure what a read costs the step after it and price reads with it
+    (:attr:`read_after_effect_s`); off where steps are unlike each other (a web server's routes,
+    see ``WebGuard``).
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class Guard:
         diagnose_steps: int = 30,
         unit: str = "step",
         defer_census: Callable[[bool, bool], bool] | None = None,
+        after_effects: bool = True,
     ) -> None:
         if overhead_budget is not None and not 0 < overhead_budget < 1:
             raise ValueError(f"overhead_budget must be between 0 and 1, got {overhead_budget!r}")
@@ -106,7 +110,7 @@ class Guard:
         self._lock = threading.Lock()
         self._history = History(max_samples)
         self._counter = itertools.count(1)
-        self._account = Budget(overhead_budget)
+        self._account = Budget(overhead_budget, after_effects=after_effects)
         # With a budget, the first read waits until the step time is known, so the read period
         # does not start from a guess; without one (check), read from the first step.
         self._next_read = 1 if overhead_budget is None else _FIRST_READ

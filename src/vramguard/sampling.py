@@ -40,6 +40,7 @@ class Budget:
     """
 
     share: float | None
+    after_effects: bool = True  # measure and price a read's after-effect (``after_effect_s``)
     busy_s: float = 0.0
     spent_s: float = 0.0
     step_s: float = 0.0  # EWMA of one step's duration
@@ -60,6 +61,8 @@ class Budget:
         cheap read)."""
         self.busy_s += elapsed
         self.step_s += (elapsed - self.step_s) * (1.0 if first else 0.05)
+        if not self.after_effects:
+            return
         # Capped alike on both sides, so a rare slow step (a collection, the machine) does not
         # stand for every read; a real after-effect is a fraction of a step.
         capped = min(elapsed, AFTER_EFFECT_CAP * self.step_s)

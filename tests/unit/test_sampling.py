@@ -143,3 +143,18 @@ def test_too_few_steps_after_reads_say_nothing_yet():
     for i in range(100):
         budget.record_step(0.002 if i < 15 else 0.001, first=i == 0, after_read=i < 15)
     assert budget.after_effect_s == 0.0  # 15 steps after reads: one short of the minimum
+
+
+def test_where_steps_are_unlike_each_other_no_after_effect_is_measured():
+    # A web server's requests: two routes alternating, the slow one always right after a read
+    # (a read period that aliases with the route order). Measured, the routes' difference would
+    # pass for the reads' cost; the web guard turns the measurement off.
+    measured, off = Budget(0.01), Budget(0.01, after_effects=False)
+    for budget in (measured, off):
+        for i in range(2000):
+            slow = i % 2 == 1
+            budget.record_step(0.0003 if slow else 0.0001, first=i == 0, after_read=slow)
+        budget.read_took(20e-6)
+    assert measured.after_effect_s > 150e-6  # what aliasing would have read as a cost
+    assert off.after_effect_s == 0.0
+    assert off.read_period() < measured.read_period()

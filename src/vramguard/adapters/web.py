@@ -102,7 +102,12 @@ class WebGuard:
                            # A census is one C pass over the whole heap (tens to hundreds of ms):
                            # inside a request it is that request's latency, all of it. Taken on
                            # the worker instead, paid from the same budget; see Guard.
-                           defer_census=self._defer_census)
+                           defer_census=self._defer_census,
+                           # Requests are not alike: a read period that aliases with the
+                           # route order (a client alternating two routes, an even period)
+                           # puts one route after every read, and the routes' difference in
+                           # time would read as the reads' cost, and thin the cuts for nothing.
+                           after_effects=False)
         self.options = options or WebOptions()
         self._budget = overhead_budget
         self._clock = clock
@@ -275,11 +280,11 @@ class WebGuard:
         # Priced at the cuts' mean cost, not the Guard's optimistic estimate: a cut's CPU time
         # has no preemption in it to discount, and spaced by the estimate the cuts spent
         # 0.62-0.91% of request time against their 0.5% (measured in-process beside a 1 ms
-        # handler, 3,000 requests). And a cut reads the same counter as the Guard, so its read
-        # costs the request after it as much as the Guard measured for its own reads.
+        # handler, 3,000 requests). Not their after-effect: requests are too unlike each
+        # other to measure it (see __init__).
         allowed = self._budget * 0.5 * max(self._request_time, 1e-7)
         cost = max(self._read_cost, self._cuts_spent / self._cuts)
-        return max(1, math.ceil((cost + self.guard.read_after_effect_s) / allowed))
+        return max(1, math.ceil(cost / allowed))
 
     def _next_gap(self) -> int:
         # Requests until the next sampled one on an idle server. A sample costs two cuts, so
@@ -414,15 +419,12 @@ class WebGuard:
 
     @property
     def overhead(self) -> float:
-        """What the web guard spends reading memory, as a share of the time in requests: the
-        Guard's reads and censuses and the route cuts, each read with what it costs the request
-        after it (:attr:`Guard.read_after_effect_s`). Not the fixed path of each request
-        (a clock read, a lock, the bookkeeping: see bench/web_overhead.py)."""
+        """What the web guard spends reading memory (CPU time), as a share of the time in
+        requests: the Guard's reads and censuses and the route cuts. Not the fixed path of each
+        request (a clock read, a lock, the bookkeeping), nor what a read costs the request
+        after it (caches it evicted): see bench/web_overhead.py."""
         busy = self.guard.step_time_s
-        if busy <= 0:
-            return 0.0
-        cuts = self._cuts_spent + self._cuts * self.guard.read_after_effect_s
-        return self.guard.overhead + cuts / busy
+        return self.guard.overhead + self._cuts_spent / busy if busy > 0 else 0.0
 
     @property
     def in_flight(self) -> int:
