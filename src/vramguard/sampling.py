@@ -60,12 +60,14 @@ class Budget:
         """Hot path: one step took ``elapsed`` seconds (``after_read``: it began right after a
         cheap read)."""
         self.busy_s += elapsed
-        self.step_s += (elapsed - self.step_s) * (1.0 if first else 0.05)
+        step = self.step_s = self.step_s + (elapsed - self.step_s) * (1.0 if first else 0.05)
         if not self.after_effects:
             return
         # Capped alike on both sides, so a rare slow step (a collection, the machine) does not
-        # stand for every read; a real after-effect is a fraction of a step.
-        capped = min(elapsed, AFTER_EFFECT_CAP * self.step_s)
+        # stand for every read; a real after-effect is a fraction of a step. (A conditional,
+        # not min(): this runs at every step.)
+        cap = AFTER_EFFECT_CAP * step
+        capped = elapsed if elapsed < cap else cap
         if after_read:
             self.after_sum_s += capped
             self.after_squares += capped * capped

@@ -106,6 +106,8 @@ def gunicorn_base() -> Iterator[str]:
             except httpx.TransportError:
                 assert server.poll() is None, "gunicorn exited"
                 time.sleep(0.1)
+        else:
+            pytest.fail(f"gunicorn did not answer on {base} within 600 tries")
         yield base
     finally:
         server.terminate()

@@ -36,8 +36,8 @@ class Server:
 
 def test_sequential_requests_are_measured_exactly_with_default_settings(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each cut priced at 20 us of CPU (an injected thread clock): measured, its cost doubled
-    # beside two busy loops and the cuts thinned (188 of 200 measured, on 478aa23 too).
+    # Each cut priced at 20 us of CPU (an injected thread clock): measured for real, the cuts
+    # thinned beside two busy loops (188 of 200 measured, on 478aa23 too).
     ticks = itertools.count()
     monkeypatch.setattr(time, "thread_time", lambda: next(ticks) * 20e-6)
     server = Server()

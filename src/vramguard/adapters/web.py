@@ -221,7 +221,7 @@ class WebGuard:
                         _OVERLAP_CUT, self._cut_period()):
                     self._cut(now)
                 quiet = self._in_flight == 0
-            if now >= self._next_check:  # the checks' budget: most requests stop here
+            if now >= self._next_check:  # the checks' budget (_check_route): most stop here
                 self._maybe_diagnose(name, now)
             if self._windows.open:
                 self._windows.ended(name)
@@ -277,14 +277,19 @@ class WebGuard:
         # guard's budget (the Guard's own reads the other half); dense mode cuts every request.
         if self._budget is None or self._cuts < 4:
             return 1
-        # Priced at the cuts' mean cost, not the Guard's optimistic estimate: a cut's CPU time
-        # has no preemption in it to discount, and spaced by the estimate the cuts spent
-        # 0.62-0.91% of request time against their 0.5% (measured in-process beside a 1 ms
-        # handler, 3,000 requests). Not their after-effect: requests are too unlike each
-        # other to measure it (see __init__).
         allowed = self._budget * 0.5 * max(self._request_time, 1e-7)
-        cost = max(self._read_cost, self._cuts_spent / self._cuts)
-        return max(1, math.ceil(cost / allowed))
+        return max(1, math.ceil(self._cut_cost() / allowed))
+
+    def _cut_cost(self) -> float:
+        # What the budget prices one cut at: the cuts' mean cost, or the running estimate where
+        # a recent dear cut made that higher. Not the estimate alone: it believes a cheaper cut
+        # at once, and a cut's CPU time has no preemption in it to discount; spaced by it, the
+        # cuts spent 0.62-0.91% of request time against their 0.5% (measured in-process beside
+        # a 1 ms handler, 500-3,000 requests). Not their after-effect: requests are too unlike
+        # each other to measure it (see __init__).
+        if not self._cuts:
+            return self._read_cost
+        return max(self._read_cost, self._cuts_spent / self._cuts)
 
     def _next_gap(self) -> int:
         # Requests until the next sampled one on an idle server. A sample costs two cuts, so
@@ -313,8 +318,8 @@ class WebGuard:
         # before, on the request that happened to end a second after the last one: that
         # request's latency, one in ~1,000 at 1 ms requests, i.e. the p99.9. The window itself
         # runs in its own thread, and measures what grew there (a census at its start and end).
-        if (now < self._next_check
-                or now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S
+        # (The caller has tested the checks' budget, ``_next_check``.)
+        if (now - self._verdict_checked.get(name, float("-inf")) < _VERDICT_EVERY_S
                 or name == UNMATCHED or not self._windows.due(name)):
             return
         self._verdict_checked[name] = now
@@ -500,10 +505,11 @@ class WebGuard:
 
     @property
     def cadence(self) -> tuple[float, int]:
-        """(seconds one cut costs, requests per cut the budget affords): why a route on this
-        server gets an exact sample every so many requests (the status's ``signal``)."""
+        """(seconds one cut costs as the budget prices it, requests per cut the budget affords):
+        why a route on this server gets an exact sample every so many requests (the status's
+        ``signal``)."""
         with self._lock:
-            return self._read_cost, self._cut_period()
+            return self._cut_cost(), self._cut_period()
 
     @property
     def signal_reason(self) -> str | None:

@@ -68,8 +68,8 @@ the series' low envelope (10th percentile of its last third against its first) r
 this share of what the trend predicts, ..."""
 HIDDEN_MIN_LOW_SHARE = 0.5
 """... the trend is far from zero, its 95% interval's low end at least this share of the slope
-(about four standard errors: a flat series gets there by chance about once in 10,000, where the
-95% interval alone excludes zero once in 20), ..."""
+(about four standard errors: for Gaussian noise, a flat series gets there by chance about once
+in 20,000 in theory, where the 95% interval alone excludes zero once in 40 on the high side), ..."""
 HIDDEN_CONTINUES = 1.0
 """... the recent half's 95% interval still reaches the window's slope (growth has not visibly
 slowed), ..."""

@@ -343,7 +343,7 @@ def _hidden_leak(evidence: GrowthEvidence, x: np.ndarray, y: np.ndarray, floor: 
             f"({format_bytes(evidence.total_growth, signed=True)} over requests "
             f"{int(x[0])}..{int(x[-1])}), but the noise (spread "
             f"{format_bytes(evidence.spread)}) hides whether the level it retains rose: too "
-            f"little to call a leak, too steady to rule one out; a longer run would tell")
+            f"noisy to call a leak, too steady to rule one out; a longer run would tell")
 
 
 def decide(
