@@ -211,14 +211,15 @@ class Guard:
             now = self._clock()
         request = next(self._counter)
         self._ended = request
-        self._account.record_step(now - started, request == 1, request == self._after_read)
+        elapsed = now - started
+        self._account.record_step(elapsed, request == 1, request == self._after_read)
         if request < self._next_read or self._sampling or self._failed or tracked:
             return
         with self._lock:
             if self._sampling:
                 return
             self._sampling = True
-        self._sample(request - 1, now)
+        self._sample(request - 1, now, step_s=elapsed)
 
     def _step_failed(self, error: BaseException) -> None:
         """A step raised: write the OOM post-mortem if asked and it is an OOM. Never raises."""
@@ -230,8 +231,9 @@ class Guard:
 
     # -- reading --------------------------------------------------------------------------------
     def _sample(self, request: int, now: float,
-                forced: tuple[bool, bool] | None = None) -> None:
-        # ``forced``: (groups, follow_graphs) of a deferred census to take with this sample.
+                forced: tuple[bool, bool] | None = None, step_s: float | None = None) -> None:
+        # ``forced``: (groups, follow_graphs) of a deferred census to take with this sample;
+        # ``step_s``: how long the step that ends with this sample took (None: not a step's end).
         began = _own_time()
         account = self._account
         # The sample's few objects must not be what trips a garbage collection of the whole heap
@@ -262,7 +264,10 @@ class Guard:
             sample = self._sampler.read(request, now, census)
             account.read_took(_own_time() - started)
             if census is None:  # a census's own after-effect is no read's
-                self._after_read = request + 2  # the next step's count (``request`` is 0-based)
+                # The pair that measures this read's after-effect: this step, unless it began
+                # right after a read itself, and the next (``request`` is 0-based).
+                account.read_ended(None if request + 1 == self._after_read else step_s)
+                self._after_read = request + 2
             self._last_allocated = sample.allocated
             self.process_groups.note(request)  # ~1 us; nothing outside a distributed job
             with self._lock:

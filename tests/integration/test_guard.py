@@ -272,6 +272,37 @@ def test_reads_are_priced_with_what_they_cost_the_step_after_them():
     assert dear.overhead <= 0.012
 
 
+def test_a_machine_whose_steps_slow_down_in_spells_is_no_after_effect(monkeypatch):
+    # Steps of 1 ms and 2 ms in turns of 200 (a busy neighbour comes and goes; fake clock), and
+    # reads that cost 20 us of the guard's CPU (its thread clock, faked alike): the read period
+    # is counted in steps, so reads crowd into the slow spells. No step pays for a read, so
+    # nothing may be priced as one, and the reads keep their pace.
+    own, steps, now, reads = [0.0], [0], [0.0], [0]
+    real = HeapCounter()
+
+    def read() -> int:
+        own[0] += 20e-6
+        reads[0] += 1
+        return real.read() or 0
+
+    def clock() -> float:
+        # Two clock reads a step (its begin, its end), each moving time on by one step's length.
+        steps[0] += 1
+        now[0] += 0.001 if (steps[0] // 400) % 2 == 0 else 0.002
+        return now[0]
+
+    monkeypatch.setattr("vramguard.guard._own_time", lambda: own[0])
+    guard = Guard("cpu", clock=clock, diagnose="never",
+                  sampler=Sampler(Device("cpu"), heap=HeapCounter(probe=read)))
+    for _ in range(4000):
+        with guard.step():
+            pass
+    assert guard.read_after_effect_s == 0.0
+    assert guard.overhead <= 0.0095, guard.overhead
+    # A read every 3 steps of 1 ms and every 2 of 2 ms (20 us against 0.7% of a step): ~1,650.
+    assert reads[0] >= 1500, reads[0]
+
+
 TRAINING_JOB = """
 import json, torch
 from vramguard import Guard, VerdictKind

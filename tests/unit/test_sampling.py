@@ -111,13 +111,32 @@ def test_history_halves_evenly_and_keeps_census_samples_apart():
 
 
 def _noisy_steps(budget: Budget, count: int, *, extra: float, seed: int = 0) -> None:
-    # 1 ms steps varying by +-20% (uniform); every 5th step follows a read and lasts ``extra``
-    # longer.
+    # 1 ms steps varying by +-20% (uniform); every 5th step takes a read, and the step after it
+    # lasts ``extra`` longer.
     rng = random.Random(seed)
     for i in range(count):
         after = i % 5 == 1
-        budget.record_step(0.001 * rng.uniform(0.8, 1.2) + (extra if after else 0.0),
-                           first=i == 0, after_read=after)
+        elapsed = 0.001 * rng.uniform(0.8, 1.2) + (extra if after else 0.0)
+        budget.record_step(elapsed, first=i == 0, after_read=after)
+        if i % 5 == 0:
+            budget.read_ended(elapsed)
+
+
+def _drifting_run(budget: Budget, *, extra: float, steps: int = 4000) -> int:
+    # The guard's own schedule (``next_read``, each read priced and paid at 20 us) over a machine
+    # whose steps take 1 ms and 2 ms in turns of 200 steps (a busy neighbour comes and goes); the
+    # step after each read lasts ``extra`` longer. Returns the reads taken.
+    next_read, after, reads = 16, -1, 0
+    for step in range(1, steps + 1):
+        elapsed = (0.001 if (step // 200) % 2 == 0 else 0.002) + (extra if step == after else 0.0)
+        budget.record_step(elapsed, first=step == 1, after_read=step == after)
+        if step >= next_read:
+            budget.read_took(20e-6)
+            budget.paid(20e-6)
+            budget.read_ended(None if step == after else elapsed)
+            after, reads = step + 1, reads + 1
+            next_read = budget.next_read(step)
+    return reads
 
 
 def test_a_reads_after_effect_is_measured_and_priced_into_the_read_period():
@@ -138,11 +157,36 @@ def test_step_times_that_vary_by_themselves_are_no_after_effect():
         assert budget.after_effect_s == 0.0, seed
 
 
-def test_too_few_steps_after_reads_say_nothing_yet():
+def test_reads_that_crowd_into_slow_spells_are_no_after_effect():
+    # The read period is counted in steps, so reads come twice as often per step while steps
+    # take 2 ms: the steps after reads are slower on average for that alone (the unpaired
+    # estimate read 72 us here, and a 3-rank DDP job priced its reads at 4.4% for it).
+    budget = Budget(0.01)
+    reads = _drifting_run(budget, extra=0.0)
+    assert budget.after_effect_s == 0.0
+    assert reads > 1000  # the period follows the cheap read alone: ~3 steps, then ~2
+    dear = Budget(0.01)
+    _drifting_run(dear, extra=300e-6)
+    assert 200e-6 <= dear.after_effect_s <= 320e-6  # a real one is still measured
+
+
+def test_too_few_pairs_say_nothing_yet():
     budget = Budget(0.01)
     for i in range(100):
-        budget.record_step(0.002 if i < 15 else 0.001, first=i == 0, after_read=i < 15)
-    assert budget.after_effect_s == 0.0  # 15 steps after reads: one short of the minimum
+        after = i < 30 and i % 2 == 1  # 15 reads, each followed by a 1 ms slower step
+        budget.record_step(0.002 if after else 0.001, first=i == 0, after_read=after)
+        if i < 30 and i % 2 == 0:
+            budget.read_ended(0.001)
+    assert budget.effect_pairs == 15
+    assert budget.after_effect_s == 0.0  # one short of the minimum
+
+
+def test_a_step_that_followed_a_read_itself_is_no_measure():
+    budget = Budget(0.01)
+    for i in range(100):  # a read after every step: each step follows one
+        budget.record_step(0.001 + 0.0005 * (i > 0), first=i == 0, after_read=i > 0)
+        budget.read_ended(None if i > 0 else 0.001)
+    assert budget.effect_pairs == 1
 
 
 def test_where_steps_are_unlike_each_other_no_after_effect_is_measured():
@@ -154,6 +198,8 @@ def test_where_steps_are_unlike_each_other_no_after_effect_is_measured():
         for i in range(2000):
             slow = i % 2 == 1
             budget.record_step(0.0003 if slow else 0.0001, first=i == 0, after_read=slow)
+            if not slow:
+                budget.read_ended(0.0001)
         budget.read_took(20e-6)
     assert measured.after_effect_s > 150e-6  # what aliasing would have read as a cost
     assert off.after_effect_s == 0.0
