@@ -10,10 +10,12 @@ interval (publish time / interval).
 Also printed per rank: a heap read's own CPU time, and the median guarded step right after a
 read against the other guarded steps (what a read costs the steps after it, which the guard's
 accounting does not see). ``--budget``: the Guard's overhead_budget; ``--nproc``: ranks;
-``--repeat``: jobs in a row (the median of their ratios is printed too).
+``--repeat``: jobs in a row (the median of their ratios is printed too); ``--warmup``: guarded
+steps before the arms (300: a job's first minutes; 6000: a longer job's, whose history has
+thinned, so the guard reads only one step in 16 or so).
 
 Run: python bench/distributed_share.py [--steps 3000] [--chunk 250] [--every 30] [--nproc 3]
-     [--budget 0.01] [--repeat 1]
+     [--budget 0.01] [--repeat 1] [--warmup 300]
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def worker(args: argparse.Namespace) -> None:  # noqa: PLR0915 (one linear bench
     sharer = Sharer(guard, default_store(), every_s=args.every)
     publish_s = timed_publishes(sharer)
     sharer.start()
-    for _ in range(300):  # warm-up: the guard learns the step time, takes its first census
+    for _ in range(args.warmup):  # the guard learns the step time, takes its first census
         with guard.step():
             step()
     bare: list[float] = []
@@ -170,6 +172,8 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=3)
     parser.add_argument("--budget", type=float, default=0.01)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=300,
+                        help="guarded steps before the arms (a long job's state: 6000)")
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--out", help=argparse.SUPPRESS)  # the workers' rows (set by job())
     args = parser.parse_args()
@@ -199,7 +203,7 @@ def job(args: argparse.Namespace) -> list[dict[str, object]]:
             [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
              "--master-addr=127.0.0.1", f"--master-port={free_port()}", __file__, "--worker",
              "--steps", str(args.steps), "--chunk", str(args.chunk), "--every", str(args.every),
-             "--budget", str(args.budget), "--out", out],
+             "--budget", str(args.budget), "--warmup", str(args.warmup), "--out", out],
             capture_output=True, text=True, check=False,
             env={**os.environ, "OMP_NUM_THREADS": "1"})
         rows = sorted((json.loads(path.read_text()) for path in Path(out).glob("rank*.json")),

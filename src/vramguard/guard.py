@@ -243,14 +243,14 @@ class Guard:
         gc.disable()
         try:
             if account.overdrawn():
-                self._next_read = account.next_read(request + 1, aligned=self._aligned())
+                self._next_read = self._next_read_after(request + 1)
                 return
             mine = self._mine()
             if mine and self._own_skips < _MAX_OWN_SKIPS:
                 # vramguard's own diagnosis is on the heap now: no sample. Bounded, so a window
                 # whose steps never come (a service that went idle) cannot blind the guard.
                 self._own_skips += 1
-                self._next_read = account.next_read(request + 1, aligned=self._aligned())
+                self._next_read = self._next_read_after(request + 1)
                 return
             if mine is False:
                 self._own_skips = 0
@@ -280,7 +280,7 @@ class Guard:
                             self._early = census
                         else:
                             self._baseline = self._baseline or census
-                self._next_read = account.next_read(request + 1, aligned=self._aligned())
+                self._next_read = self._next_read_after(request + 1)
         except Exception:  # the guard must never break the service it watches
             self._failed = True
             _log.warning("vramguard: reading memory failed; the guard stops sampling", exc_info=True)
@@ -314,6 +314,12 @@ class Guard:
             self._failed = True
             _log.warning("vramguard: keeping a reading failed; the guard stops sampling",
                          exc_info=True)
+
+    def _next_read_after(self, step: int) -> int:
+        # The history keeps a cheap sample only ``read_gap`` steps after the last: with a budget
+        # a read sooner would cost the service for nothing. (Dense mode reads every step.)
+        at_least = 1 if self._budget is None else self._history.read_gap
+        return self._account.next_read(step, aligned=self._aligned(), at_least=at_least)
 
     def _aligned(self) -> bool:
         # In a distributed job every rank waits for the slowest at each step's all-reduce, so

@@ -122,18 +122,20 @@ class Budget:
         allowed = self.share * READ_SHARE * max(self.step_s, 1e-7)
         return max(2 if self.after_effects else 1, math.ceil(self._read_price_s() / allowed))
 
-    def next_read(self, step: int, *, aligned: bool = False) -> int:
+    def next_read(self, step: int, *, aligned: bool = False, at_least: int = 1) -> int:
         """The step (counted from 1) of the next cheap read after ``step``: ``read_period``
-        steps on. ``aligned``: at the next multiple of that period rounded to the nearest power
-        of two, a schedule every rank of a distributed job computes alike (see the Guard).
+        steps on, or ``at_least`` if more (the history's least gap: a read sooner would not be
+        kept). ``aligned``: at the next multiple of that period rounded to the nearest power of
+        two, a schedule every rank of a distributed job computes alike (see the Guard).
         Nearest, not up: rounding up read up to half as often, and a leaking rank of a
         300-step DDP run at defaults ended `inconclusive` (32 samples). Rounded down, reads
         may take up to 1.4x their share (0.7 of the budget: 0.99 at most), and the account
-        (``overdrawn``, at 0.9) pauses them before the budget is exceeded."""
+        (``overdrawn``, at 0.9) pauses them before the budget is exceeded. ``at_least`` is
+        rounded up: the history's gap is a floor, not a cost estimate."""
         period = self.read_period()
         if not aligned:
-            return step + period
-        period = 1 << round(math.log2(period))
+            return step + max(period, at_least)
+        period = max(1 << round(math.log2(period)), 1 << math.ceil(math.log2(at_least)))
         return (step // period + 1) * period
 
     def census_affordable(self, *, scale: float = 1.0) -> bool:
@@ -197,12 +199,19 @@ class History:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(16, capacity)
-        self._cheap = SampleStore(self.capacity)
+        self._cheap = SampleStore(self.capacity, even=True)
         self._census = SampleStore(self.capacity)
 
     def add(self, sample: Sample, *, census: bool) -> None:
         """Keep ``sample`` (a census sample when ``census``) if the spacing allows."""
         (self._census if census else self._cheap).add(sample)
+
+    @property
+    def read_gap(self) -> int:
+        """The least steps between two cheap samples that the history still keeps: once full
+        it thins and keeps one in ``read_gap``, so a guard with a budget reads no more often
+        (in a long job the reads, and their cost, fall by half at each thinning)."""
+        return self._cheap.min_gap
 
     @property
     def samples(self) -> list[Sample]:

@@ -292,7 +292,8 @@ def test_a_machine_whose_steps_slow_down_in_spells_is_no_after_effect(monkeypatc
         return now[0]
 
     monkeypatch.setattr("vramguard.guard._own_time", lambda: own[0])
-    guard = Guard("cpu", clock=clock, diagnose="never",
+    # A history that never thins here, so the budget alone sets the reads' pace.
+    guard = Guard("cpu", clock=clock, diagnose="never", max_samples=4096,
                   sampler=Sampler(Device("cpu"), heap=HeapCounter(probe=read)))
     for _ in range(4000):
         with guard.step():
@@ -301,6 +302,33 @@ def test_a_machine_whose_steps_slow_down_in_spells_is_no_after_effect(monkeypatc
     assert guard.overhead <= 0.0095, guard.overhead
     # A read every 3 steps of 1 ms and every 2 of 2 ms (20 us against 0.7% of a step): ~1,650.
     assert reads[0] >= 1500, reads[0]
+
+
+def test_a_long_job_reads_only_what_the_history_keeps_and_still_sees_a_late_leak():
+    # 12,000 steps of 1 ms (fake clock), Guard defaults; from step 8,000 each step keeps a
+    # 16 KiB tensor. The budget alone affords a read every other step (a few us against 7 us);
+    # the history keeps 512 samples over the whole run, one in 16 steps by the end, so the
+    # reads it would drop are not taken, and the verdict has the same samples.
+    real, reads, step = HeapCounter(), [], [0]
+
+    def read() -> int:
+        reads.append(step[0])
+        return real.read() or 0
+
+    guard = Guard("cpu", clock=_fake_clock(0.001), diagnose="never",
+                  sampler=Sampler(Device("cpu"), heap=HeapCounter(probe=read)))
+    kept, verdicts = [], {}
+    for step[0] in range(1, 12_001):
+        with guard.step():
+            if step[0] > 8000:
+                kept.append(torch.empty(4096))
+        if step[0] in (8000, 12_000):
+            verdicts[step[0]] = guard.verdict().kind
+    late = [r for r in reads if r > 6000]
+    assert len(late) <= 6000 / 8, len(late)  # a read every 16 steps or fewer, not every 2
+    assert len(reads) <= 2500, len(reads)
+    assert verdicts[8000] is not VerdictKind.LEAK
+    assert verdicts[12_000] is VerdictKind.LEAK
 
 
 TRAINING_JOB = """

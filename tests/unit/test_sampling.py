@@ -110,6 +110,32 @@ def test_history_halves_evenly_and_keeps_census_samples_apart():
     assert [s.request for s in samples] == sorted(s.request for s in samples)
 
 
+def test_sparse_samples_stay_evenly_spread_and_the_gap_says_what_is_kept():
+    # The guard reads every few steps, not every step, and no sooner than the history keeps
+    # (``read_gap``): after a thinning the least gap is the kept samples' own, so new samples
+    # come no denser than the old. Doubled from 1 instead, the gap lagged the kept samples' and
+    # the newest part of the history was denser (here the widest gap 5.7 times the narrowest).
+    history = History(16)
+    for request in range(0, 2000, 20):
+        last = history.samples[-1].request if history.samples else None
+        if last is None or request - last >= history.read_gap:
+            history.add(Sample(request, float(request), allocated=request), census=False)
+    requests = [s.request for s in history.samples]
+    gaps = [b - a for a, b in itertools.pairwise(requests)]
+    assert max(gaps) == min(gaps), gaps
+    assert history.read_gap >= 80  # 2,000 requests over 16 samples: one kept in ~100
+    assert requests[-1] >= 2000 - 2 * history.read_gap
+
+
+def test_a_read_sooner_than_the_history_keeps_is_not_scheduled():
+    budget = Budget(0.01)
+    budget.record_step(0.01, first=True)
+    budget.read_took(5e-6)
+    assert budget.next_read(100) == 102  # the budget alone: a read every other step
+    assert budget.next_read(100, at_least=64) == 164
+    assert budget.next_read(100, aligned=True, at_least=48) == 128  # a power of two, up
+
+
 def _noisy_steps(budget: Budget, count: int, *, extra: float, seed: int = 0) -> None:
     # 1 ms steps varying by +-20% (uniform); every 5th step takes a read, and the step after it
     # lasts ``extra`` longer.

@@ -51,14 +51,19 @@ class SampleStore:
     shrinks). Samples must arrive in request order. Not thread-safe.
     """
 
-    __slots__ = ("_ints", "_times", "capacity", "count", "min_gap")
+    __slots__ = ("_ints", "_times", "capacity", "count", "even", "min_gap")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, even: bool = False) -> None:
         self.capacity = max(2, capacity)
         self._ints = np.full((self.capacity, len(_INT_FIELDS)), _NONE, dtype=np.int64)
         self._times = np.zeros(self.capacity, dtype=np.float64)
         self.count = 0
         self.min_gap = 1
+        # ``even``: after thinning, the least gap is the kept rows' own mean gap, not only the
+        # last one doubled. Where samples came sparser than every request (the guard's reads,
+        # every few steps), doubling from 1 would accept new ones far denser than the kept, and
+        # the guard that asks what the store will keep (``min_gap``) would read for nothing.
+        self.even = even
 
     def add(self, sample: Sample) -> bool:
         """Keep ``sample`` if the spacing allows (True when kept)."""
@@ -77,6 +82,9 @@ class SampleStore:
             self._ints[kept:] = _NONE
             self.count = kept
             self.min_gap *= 2
+            if self.even and kept > 1:
+                span = int(self._ints[kept - 1, 0] - self._ints[0, 0])
+                self.min_gap = max(self.min_gap, span // (kept - 1))
         return True
 
     @property
