@@ -3,7 +3,7 @@
 1 ms steps on a fake clock (so the budget does not depend on this machine's speed; the guard's
 own cost is its real CPU time), ``--steps`` of them, each keeping a 16 KiB tensor from
 ``--leak-from`` on. The heap counter is the guard's real one, wrapped to count the reads. At
-every ``--every`` steps it prints the reads so far, the verdict, and ``guard.overhead``.
+every ``--every`` steps it prints the reads so far, the verdict (and its reason), and ``guard.overhead``.
 ``--package``: an older copy of vramguard to run instead (its ``src/vramguard`` copied and its
 imports renamed, as in BENCHMARKS.md), to compare the two side by side.
 
@@ -53,8 +53,9 @@ def main() -> None:
             if step > args.leak_from:
                 kept.append(torch.empty(4096))
         if step % args.every == 0:
-            print(f"step {step:6d}: {reads[0]:6d} reads, verdict {guard.verdict().kind.value}, "
-                  f"guard.overhead {guard.overhead:.2%}; {guard.verdict().reason}")
+            verdict = guard.verdict()
+            print(f"step {step:6d}: {reads[0]:6d} reads, verdict {verdict.kind.value}, "
+                  f"guard.overhead {guard.overhead:.2%}; {verdict.reason}")
 
 
 if __name__ == "__main__":

@@ -92,14 +92,14 @@ class Budget:
         steps and shortens when steps slow down, so reads crowd into a machine's slow spells,
         and the steps after them were slower for that alone. On a 3-rank CPU DDP job an unpaired
         estimate once read 2 ms (steps after reads 8.7 ms on average, the others 6.7 ms) with no
-        cost to the job (wall-clock ratio 0.999), and priced the guard at 4.4% against its 1%.
+        cost to the job (wall-clock ratio 0.999), and priced the guard at 4.2-4.7% against its 1%.
         Adjacent steps share the machine's state; their difference is the read's.
 
         ``mallinfo2`` walks every free chunk of the C heap, and the walk evicts the service's
         working set from the caches: on a CPU DDP rank a 141-163 us read made the next step
         60-135 us slower (bench/distributed_share.py), time no clock of the guard's own thread
-        sees. Priced in, reads are spaced by what they cost the service. Where every step
-        follows a read (a read period of 1) there is no pair and the estimate stays 0."""
+        sees. Priced in, reads are spaced by what they cost the service. In dense mode every
+        step follows a read: there is no pair, and the estimate stays 0 (it prices nothing there)."""
         pairs = self.effect_pairs
         if pairs < AFTER_EFFECT_MIN_STEPS:
             return 0.0
