@@ -20,6 +20,7 @@ import inspect
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -120,6 +121,7 @@ class Guard:
         self._sampling = False
         self._failed = False
         self._heap_at_census: int | None = None
+        self._heap_sized = False  # the first census's cost guessed from the heap's size yet
         self._last_allocated: int | None = None
         self._ended = 0              # steps ended so far (observe's sample index)
         self._last_request = -1      # the newest sample's step index
@@ -352,7 +354,7 @@ class Guard:
         # than that, or an OOM post-mortem before it, still gets a tensor diff).
         early = self._warmup is None and self._early is None
         if self._baseline is None and (early or step >= self._baseline_at()):
-            if self._budget is None or account.census_affordable(scale=1.5):
+            if self._budget is None or self._first_census_affordable():
                 return self._census_now_or_later(groups=True, follow_graphs=True)
             return None
         if self._sampler.cheap:
@@ -366,6 +368,20 @@ class Guard:
         elif self._budget is not None and not account.census_affordable():
             return None
         return self._census_now_or_later(groups=False, follow_graphs=True)
+
+    def _first_census_affordable(self) -> bool:
+        # Whether the account pays for the first grouped census at 1.5x its estimate. Before any
+        # census was taken the estimate is a guess: once the fixed one is affordable, it is made
+        # again from the heap's size, once (sys.getallocatedblocks: ~0.1 ms on a heap with torch,
+        # too dear for every read).
+        account = self._account
+        if not account.census_affordable(scale=1.5):
+            return False
+        if account.census_cost_s or self._heap_sized:
+            return True
+        self._heap_sized = True
+        account.guess_census(sys.getallocatedblocks())  # paid with the sample that asks
+        return account.census_affordable(scale=1.5)
 
     def _mine(self) -> bool | None:
         # Whether vramguard's own diagnosis is on the heap now; None where it cannot matter: only

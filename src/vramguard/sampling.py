@@ -24,6 +24,11 @@ READ_SHARE = 0.7  # of the budget, spread evenly over the steps for the cheap re
 ACCOUNT_SHARE = 0.9
 DENSE_CENSUS_BUDGET = 0.05  # without a budget (check): routine censuses still stay under 5%
 FIRST_CENSUS_GUESS_S = 0.015  # a census with nothing retained, in a process that imported torch
+# A first census's cost per block of the Python heap (sys.getallocatedblocks): its gc pass visits
+# every container. Measured with a CI run beside it: 26-27 ns/block in a process with torch and
+# nothing retained (575k blocks, 15-17 ms), 23 ns with 600,000 small lists besides (2.6 M
+# blocks, 59 ms). Rounded up; the account asks 1.5x the guess besides.
+CENSUS_S_PER_BLOCK = 30e-9
 # Pairs (a step that took a read, the step after it) before their difference counts as a read's
 # after-effect: fewer, and one slow step (a collection) would set the read period.
 AFTER_EFFECT_MIN_STEPS = 16
@@ -46,6 +51,7 @@ class Budget:
     step_s: float = 0.0  # EWMA of one step's duration
     read_cost_s: float = 0.0
     census_cost_s: float = 0.0
+    census_guess_s: float = FIRST_CENSUS_GUESS_S  # until a census has been taken (``guess_census``)
     census_spent_s: float = 0.0  # of ``spent_s``: what censuses took
     reads: int = 0
     # A read's after-effect (see ``after_effect_s``): the step that took a read, until the next
@@ -141,12 +147,20 @@ class Budget:
     def census_affordable(self, *, scale: float = 1.0) -> bool:
         """Whether the account pays for one census now (at ``scale`` times its estimated cost).
 
-        The estimate is the last censuses' cost (a first one is guessed at 15 ms): a census that
-        grew dearer is paid for after the fact, and the next waits until the account is positive.
+        The estimate is the last censuses' cost (before the first, ``census_guess_s``): a census
+        that grew dearer is paid for after the fact, and the next waits until the account is
+        positive.
         """
         share = DENSE_CENSUS_BUDGET if self.share is None else self.share * ACCOUNT_SHARE
-        cost = (self.census_cost_s or FIRST_CENSUS_GUESS_S) * scale
+        cost = (self.census_cost_s or self.census_guess_s) * scale
         return share * self.busy_s - self._spent_with_after_effects() >= cost
+
+    def guess_census(self, heap_blocks: int) -> None:
+        """Guess the first census's cost from the Python heap's size (``sys.getallocatedblocks``):
+        a fixed guess was 15 ms, and a first census in a process with torch cost 20-48 ms (more
+        with a model loaded), paid after the fact: ``spent / busy`` overshot the budget (1.33-1.46%
+        against 1%, bench/guard_long_run.py) until later steps repaid it."""
+        self.census_guess_s = max(FIRST_CENSUS_GUESS_S, heap_blocks * CENSUS_S_PER_BLOCK)
 
     def overdrawn(self) -> bool:
         """True when the reads spent more than the account earned (a read cost more than its

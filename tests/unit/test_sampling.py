@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
 from vramguard.analysis.samples import Sample
 from vramguard.sampling import FIRST_CENSUS_GUESS_S, Budget, History
 
@@ -63,6 +65,19 @@ def test_the_first_census_is_priced_at_a_guess_and_dense_mode_keeps_censuses_und
     assert not budget.census_affordable()  # 5% of 19 guesses is under one
     budget.record_step(FIRST_CENSUS_GUESS_S * 2, first=False)
     assert budget.census_affordable()
+
+
+def test_a_large_heap_raises_the_first_census_guess_and_a_small_one_keeps_the_floor():
+    budget = Budget(0.01)
+    _steps(budget, 3000, 0.001)  # 27 ms of credit: 1.5x the 15 ms floor and more
+    assert budget.census_affordable(scale=1.5)
+    budget.guess_census(100_000)  # a small heap: the floor stands
+    assert budget.census_guess_s == FIRST_CENSUS_GUESS_S
+    budget.guess_census(2_600_000)  # a large one: 78 ms, not affordable yet
+    assert budget.census_guess_s == pytest.approx(0.078)
+    assert not budget.census_affordable(scale=1.5)
+    budget.census_took(0.02)  # once a census was taken, its cost is the estimate
+    assert budget.census_affordable(scale=1.0)
 
 
 def test_an_overdrawn_account_pauses_reads_until_paid_back():
