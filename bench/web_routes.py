@@ -4,7 +4,8 @@
     dict) and a clean one, called by one client alternately, or in a random (seeded) order:
     alternation aliases with the sparse cuts (see README). Reported: the leaking route's
     request at which its verdict first read ``leak`` (checked every 50 of its requests, up to
-    ``--sequential``), the clean route's verdict, the guard's overhead.
+    ``--sequential``), the clean route's verdict, the guard's overhead. ``--work N`` adds N 64x64
+    matmuls to both routes (100: a ~1 ms handler), since the budget is a share of request time.
 (b) concurrent: the same routes as plain ``def`` endpoints (FastAPI's threadpool), 4 client
     threads each picking a route at random (seeded), ``--concurrent`` requests in all. Reported:
     both verdicts every 250 requests, the attributed bytes/request with its 95% interval, and the
@@ -12,7 +13,7 @@
 
 The server is a subprocess (the client's own allocations stay out of its heap counter), with
 ``torch.set_num_threads(1)`` as a serving process on a shared machine would run.
-Run: python bench/web_routes.py [--sequential 1000] [--concurrent 2000] [--rows 2]
+Run: python bench/web_routes.py [--sequential 1000] [--concurrent 2000] [--rows 2] [--work 0]
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def true_bytes_per_request(rows: int) -> float:
     return (after - before) / 1000
 
 
-def sequential(limit: int, rows: int, order: str) -> None:
-    process, base = serve(f"rows={rows}")
+def sequential(limit: int, rows: int, order: str, work: int) -> None:
+    process, base = serve(f"rows={rows}, work={work}")
     found = None
     rng = random.Random(0)
     try:
@@ -185,6 +186,8 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--concurrent", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=2)
+    parser.add_argument("--work", type=int, default=0,
+                        help="64x64 matmuls per request besides (sequential runs): a longer handler")
     parser.add_argument("--order", nargs="+", choices=["alternate", "random"],
                         default=["alternate", "random"])
     args = parser.parse_args()
@@ -192,7 +195,7 @@ def main() -> None:
     print(f"leak: {truth:.0f} B/request of native heap (bare loop, rows={args.rows})")
     if args.sequential:
         for order in args.order:
-            sequential(args.sequential, args.rows, order)
+            sequential(args.sequential, args.rows, order, args.work)
     if args.concurrent:
         concurrent(args.concurrent, args.rows, truth)
 

@@ -298,7 +298,7 @@ class Guard:
         cheap counter, at a request boundary): at its default budget they can be most of the
         readings (33 windows against 8 samples of its own after warm-up, over 2,000 requests
         of bench/web_routes.py's app, measured), so the overall verdict gets them at no
-        further cost. Ignored where the
+        further cost, and the guard's own next read waits a read period from it. Ignored where the
         samples are not of that counter (the census fallback), while vramguard's own diagnosis
         is on the heap, and when a sample already stands at this step."""
         if allocated is None or self._failed or not self._sampler.cheap or self._mine():
@@ -312,6 +312,9 @@ class Guard:
                                          allocated=allocated), census=False)
                 self._last_request = request
                 self._last_allocated = allocated
+                # The guard's own next read comes a read period after this one: a reading is
+                # a reading, whoever paid for it.
+                self._next_read = self._next_read_after(request + 1)
         except Exception:  # the guard must never break the service it watches
             self._failed = True
             _log.warning("vramguard: keeping a reading failed; the guard stops sampling",

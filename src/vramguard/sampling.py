@@ -29,6 +29,12 @@ FIRST_CENSUS_GUESS_S = 0.015  # a census with nothing retained, in a process tha
 # nothing retained (575k blocks, 15-17 ms), 23 ns with 600,000 small lists besides (2.6 M
 # blocks, 59 ms). Rounded up; the account asks 1.5x the guess besides.
 CENSUS_S_PER_BLOCK = 30e-9
+# What the first read is priced at before it runs: the reading thread's first heap read fills its
+# glibc tcache first (readers/heap.prime_thread_cache, ~0.5 ms), and the first read of a process
+# walks a cold heap. In a uvicorn server that read, taken at the first request, was 0.6-0.8 ms of
+# a web guard's account against ~0.1 s of requests: the status's overhead read 1.1-1.4% at 500
+# requests (bench/web_routes.py's app). Paid before it runs, as the first census is.
+FIRST_READ_GUESS_S = 0.6e-3
 # Pairs (a step that took a read, the step after it) before their difference counts as a read's
 # after-effect: fewer, and one slow step (a collection) would set the read period.
 AFTER_EFFECT_MIN_STEPS = 16
@@ -114,6 +120,8 @@ class Budget:
         return max(0.0, mean - 2.0 * math.sqrt(variance))
 
     def _read_price_s(self) -> float:
+        if self.reads == 0:  # the first read is scheduled at its guess, and paid before it runs
+            return FIRST_READ_GUESS_S
         return self.read_cost_s + self.after_effect_s
 
     def _spent_with_after_effects(self) -> float:
@@ -170,10 +178,13 @@ class Budget:
         repaid by the censuses after it, which wait until the whole account is positive
         (``census_affordable``). The census explains, the reads are the signal: a census grows
         dearer with what a leak keeps, and its overdraft would otherwise blind the guard for
-        ~100 times its cost in steps' time, just while a leak goes on."""
+        ~100 times its cost in steps' time, just while a leak goes on. The first read waits
+        until the account affords ``FIRST_READ_GUESS_S``."""
         if self.share is None:
             return False
         spent = self._spent_with_after_effects() - self.census_spent_s
+        if self.reads == 0:
+            spent += FIRST_READ_GUESS_S
         return spent > self.share * ACCOUNT_SHARE * self.busy_s
 
     def paid(self, seconds: float) -> None:

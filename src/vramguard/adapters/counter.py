@@ -27,6 +27,9 @@ class Counter:
         # for the allocator's exact counters.
         self.request_floor = REQUEST_FLOOR_BYTES if device.is_cpu else 0
         self._heap: _HeapLike | None = None
+        # What the first read is priced at before it runs (the web guard pays cuts before they
+        # run): an injected counter is priced as measured.
+        self.first_read_guess_s = 0.0
         if read is not None:
             self._read: Callable[[], int | None] | None = read
         elif device.is_cpu:
@@ -34,12 +37,19 @@ class Counter:
             self._read = self._timed_heap if self._heap.available else None
             self.signal = "native heap (glibc mallinfo2)"
             self.reason = self._heap.reason
+            # A server's first heap read fills the thread's tcache first (~0.5 ms, see
+            # readers/heap.prime_thread_cache) and walks a cold heap: the first cuts of a fresh
+            # uvicorn server cost 0.3-0.65 ms of CPU, later ones 0.1-0.3 ms (bench/web_routes.py's
+            # app, measured). Rather high than low: a first cut dearer than its price overdraws
+            # the budget until the requests catch up with it.
+            self.first_read_guess_s = 400e-6
         else:
             from vramguard.readers.allocator import AllocatorReader
 
             allocator = AllocatorReader(device)
             self._read = lambda: allocator.read().allocated
             self.signal = "allocator allocated bytes"
+            self.first_read_guess_s = 20e-6  # one allocator call: <= 10 us is the target
 
     def _timed_heap(self) -> int | None:
         # mallinfo2() walks every free chunk of every arena: ~0.5 us in a fresh process, but

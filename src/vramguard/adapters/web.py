@@ -42,15 +42,23 @@ from vramguard.guard import Guard
 from vramguard.readers.device import resolve_device
 from vramguard.readers.heap import prime_thread_cache
 from vramguard.readers.sampler import Sampler
-from vramguard.sampling import cost_estimate
+from vramguard.sampling import ACCOUNT_SHARE, cost_estimate
 
 _log = logging.getLogger("vramguard")
 _OVERLAP_CUT = 8  # under concurrency, a cut (one counter read) every 8 requests that ended
 _ATTRIBUTION_EVERY_S = 1.0  # the windows' fit is recomputed at most this often
 _VERDICT_EVERY_S = 1.0   # a route's verdict is checked (for a diagnosis window) at most this often
+# The cuts' share of the budget; the Guard's account gets the rest. Each cut is a reading of
+# the overall verdict too (Guard.observe), and the Guard reads only a read period after the last
+# reading, so most of what its own reads took is theirs now: with half each, the Guard's 40
+# reads over 3,000 requests of bench/web_routes.py's app cost as much as the 54 cuts beside
+# them (0.46% and 0.50%), and the first census was never affordable. The Guard's part pays for
+# the censuses and the readings the cuts leave out.
+_CUT_SHARE = 0.8
 # ... and all routes' checks together take at most this share of the budget in CPU time, as
-# measured. The Guard's account spends at most 0.9 of its half (sampling.ACCOUNT_SHARE) and the
-# cuts their half: the checks take the 5% left, so the three stay within the budget together.
+# measured. The Guard's account and the cuts each spend at most 0.9 of their shares
+# (sampling.ACCOUNT_SHARE): the checks take 5% of what is left, so the three stay within the
+# budget together.
 # A check costs 2-5 ms here: at the 1% default, one (of any route) every 4-10 s; a window
 # opens at most every ``diagnose_every`` (600 s) per route anyway.
 _CHECK_SHARE = 0.05
@@ -71,7 +79,8 @@ class WebGuard:
     """One guarded web app: the Guard, per-route series, clean-up and health.
 
     ``overhead_budget``/``warmup``/``census_every`` go to the :class:`~vramguard.guard.Guard`
-    (half of the budget; the route cuts get the other half). ``overhead_budget=None`` cuts at
+    (a fifth of the budget, for its censuses and the readings the cuts leave out; the route
+    cuts get the rest, ``_CUT_SHARE``). ``overhead_budget=None`` cuts at
     every request, so each request that runs alone is measured exactly (a leaking route's
     verdict within ~60 requests: for tests and load tests). ``counter`` (the cheap counter),
     ``clock`` and ``windows`` are injectable for tests.
@@ -92,10 +101,10 @@ class WebGuard:
         self._sampler = Sampler(resolve_device(device))
         # Work a request asks for runs here, never on the request's thread (adapters/checker.py).
         self._worker = Worker(self._background, name="vramguard-web")
-        # One budget for the whole web guard: half for the Guard's own reads, half for the
-        # before/after pairs that attribute memory to routes (see _pair_period).
+        # One budget for the whole web guard: most for the cuts that attribute memory to
+        # routes (see _cut_period), the rest for the Guard's own reads and censuses.
         self.guard = Guard(device, overhead_budget=None if overhead_budget is None
-                           else overhead_budget * 0.5, warmup=warmup,
+                           else overhead_budget * (1.0 - _CUT_SHARE), warmup=warmup,
                            census_every=census_every, clock=clock, sampler=self._sampler,
                            # h10: the web guard runs its own per-route diagnosis windows
                            diagnose="never", unit="request",
@@ -129,6 +138,7 @@ class WebGuard:
         self._jitter = random.Random(0)
         self._read_cost = 0.0     # seconds one cut costs (read and bookkeeping)
         self._cuts_spent = 0.0    # seconds all cuts cost
+        self._last_reading: int | None = None  # the last cut's counter value
         self._attribution: tuple[int, float, Attribution] | None = None  # (added, at, result)
         self._request_time = 0.0  # EWMA: seconds per request
         self._cleaner = Cleanup(self.options, self.guard.device, self._sampler)
@@ -172,13 +182,14 @@ class WebGuard:
                 now = self._clock()
                 ledger = self._ledger
                 closing, self._closing = self._closing, False
-                if alone and (closing or ledger.begun_since_cut >= self._gap):
+                if alone and (closing or (ledger.begun_since_cut >= self._gap
+                                          and self._affords(2))):  # a sample: two cuts
                     self._cut(now)
                     if not closing:  # this request is sampled: the next start closes it
                         self._closing = True
                         self._gap = self._next_gap()
-                elif not alone and ledger.ended_since_cut >= max(_OVERLAP_CUT,
-                                                                 self._cut_period()):
+                elif not alone and ledger.ended_since_cut >= max(
+                        _OVERLAP_CUT, self._cut_period()) and self._affords(1):
                     self._cut(now)
                 window = ledger.begin()
                 fresh = self._fresh_thread()
@@ -218,7 +229,7 @@ class WebGuard:
                 finished = self._ledger.end(ticket.window, ticket.started, now, name)
                 self._book(finished)
                 if self._in_flight and self._ledger.ended_since_cut >= max(
-                        _OVERLAP_CUT, self._cut_period()):
+                        _OVERLAP_CUT, self._cut_period()) and self._affords(1):
                     self._cut(now)
                 quiet = self._in_flight == 0
             if now >= self._next_check:  # the checks' budget (_check_route): most stop here
@@ -255,6 +266,8 @@ class WebGuard:
         started = time.thread_time()
         value = self._counter.read()
         self._cuts += 1
+        if value is not None:
+            self._last_reading = value
         epoch = self._windows.scan_epoch
         self._book(self._ledger.cut(now, value, epoch))
         if self._observe and epoch % 2 == 0:  # no diagnosis window's records on the heap
@@ -273,11 +286,12 @@ class WebGuard:
             self._log.add(Window(float(window.delta), window.counts))
 
     def _cut_period(self) -> int:
-        # Requests per cut that the budget affords: the counter's reads get half the web
-        # guard's budget (the Guard's own reads the other half); dense mode cuts every request.
+        # Requests per cut that the budget affords: the cuts' share of the web guard's budget
+        # (``_CUT_SHARE``), with the Guard's headroom for costs that vary; dense mode cuts every
+        # request.
         if self._budget is None or self._cuts < 4:
             return 1
-        allowed = self._budget * 0.5 * max(self._request_time, 1e-7)
+        allowed = self._budget * _CUT_SHARE * ACCOUNT_SHARE * max(self._request_time, 1e-7)
         return max(1, math.ceil(self._cut_cost() / allowed))
 
     def _cut_cost(self) -> float:
@@ -287,9 +301,22 @@ class WebGuard:
         # cuts spent 0.62-0.91% of request time against their 0.5% (measured in-process beside
         # a 1 ms handler, 500-3,000 requests). Not their after-effect: requests are too unlike
         # each other to measure it (see __init__).
-        if not self._cuts:
-            return self._read_cost
+        if not self._cuts:  # before the first: the counter's guess (Counter.first_read_guess_s)
+            return self._counter.first_read_guess_s
         return max(self._read_cost, self._cuts_spent / self._cuts)
+
+    def _affords(self, cuts: int) -> bool:
+        # Under the lock. Whether the cuts' share of the request time so far pays for ``cuts``
+        # more at their price, paid before they run (as the Guard's censuses are): no cut
+        # otherwise, but the one that closes a sampled request (opened only if it affords both).
+        # The period alone spaces cuts by their cost once it is known, but the first four come
+        # at once (to learn it), and a server's first cuts are its dearest (0.3-0.65 ms each in
+        # a fresh uvicorn server, cold caches beside sub-millisecond requests): paid after the
+        # fact, the status's overhead read 0.95-1.85% at 500 requests (bench/web_routes.py).
+        if self._budget is None:
+            return True
+        allowed = self._budget * _CUT_SHARE * ACCOUNT_SHARE * self.guard.step_time_s
+        return self._cuts_spent + cuts * self._cut_cost() <= allowed
 
     def _next_gap(self) -> int:
         # Requests until the next sampled one on an idle server. A sample costs two cuts, so
@@ -554,11 +581,16 @@ class WebGuard:
 
     def _route_leaks(self, overall: Verdict) -> list[tuple[str, Verdict]]:
         # Each leaking route as a verdict health can read: its bytes per request times its
-        # request rate, from the process's current level (the overall series' last value).
+        # request rate, from the process's current level (the overall series' last value, or
+        # the last cut's reading: the Guard's own first read waits until it is paid for, and a
+        # route's verdict can come before it).
         level = overall.end_bytes
         if level is None:
             level = next((s.allocated for s in reversed(self.guard.samples)
                           if s.allocated is not None), None)
+        if level is None:
+            with self._lock:
+                level = self._last_reading
         capacity = overall.capacity_bytes
         leaks = []
         for counts in self.routes():
