@@ -272,6 +272,34 @@ def test_the_status_overhead_stays_within_the_budget_from_the_first_request_on(
         web.close()
 
 
+def test_an_unpaid_sample_is_not_asked_for_at_every_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A budget too small for the first pair of cuts: the requests that follow must not each ask
+    # whether it is paid yet (+10-14 us a request beside a 1 ms handler, bench/web_overhead.py
+    # --paired --budget 1e-6), only about when it will be, and at least every 1,024 requests.
+    _price_cpu(monkeypatch, 5e-6)
+    now = [0.0]
+    web = WebGuard("cpu", clock=lambda: now[0], overhead_budget=1e-6,
+                   options=WebOptions(diagnose_requests=0))
+    asked = [0]
+    affords = web._affords
+
+    def counted(cuts: int) -> bool:
+        asked[0] += 1
+        return affords(cuts)
+
+    monkeypatch.setattr(web, "_affords", counted)
+    try:
+        for _ in range(5000):
+            ticket = web.begin()
+            now[0] += 1e-3
+            web.end(ticket, "/a")
+        assert web.attribution().windows == 0   # 5 s of requests pay 36 ns of cuts
+        assert 1 <= asked[0] <= 8
+    finally:
+        web.close()
+
+
 def test_the_web_guard_does_not_price_reads_by_the_request_after_them(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Requests of different routes are unlike each other, so "the request after a read" against
