@@ -28,6 +28,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _NULL: AbstractContextManager[None] = nullcontext()
+_TEMPLATES = 1024  # route templates kept (route x mount); past it, each is found again
 
 
 def route_template(scope: Scope, root_path: str = "") -> str | None:
@@ -93,6 +94,7 @@ class VramGuardMiddleware:
                                    census_every=census_every, options=WebOptions.parse(**options),
                                    clock=clock)
         self._endpoints = Endpoints(self.web)
+        self._templates: dict[tuple[int, str, str], tuple[Any, str | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point (hot path: one prefix test, ``begin`` and ``end``)."""
@@ -107,39 +109,49 @@ class VramGuardMiddleware:
                         head=scope["method"] == "HEAD")
             return
         root_path = str(scope.get("root_path", ""))
-        ticket = self.web.begin()
+        web = self.web
+        ticket = web.begin()
         ended = False
-
-        def end() -> None:
-            nonlocal ended
-            ended = True
-            route = None
-            if ticket is not None:
-                try:
-                    route = route_template(scope, root_path)
-                except Exception:  # a strange router must not fail the request
-                    route = None
-            self.web.end(ticket, route)
 
         async def guarded_send(message: Message) -> None:
             # End the step just *before* the last body chunk leaves: once the client has the
             # response it may send the next request, which would overlap this one's reading.
+            nonlocal ended
             if (not ended and message["type"] == "http.response.body"
                     and not message.get("more_body", False)):
-                end()
+                ended = True
+                web.end(ticket, None if ticket is None else self._route(scope, root_path))
             await send(message)
 
-        # A diagnosis window is rare; without one the app runs with no context around it.
-        tracking = self._tracking(scope, root_path) if self.web.diagnosing else None
         try:
-            if tracking is None:
+            if not web.diagnosing:  # a diagnosis window is rare: no context around the app
                 await self.app(scope, receive, guarded_send)
             else:
-                with tracking:
+                with self._tracking(scope, root_path):
                     await self.app(scope, receive, guarded_send)
         finally:
             if not ended:  # the app raised, or never finished its response
-                end()
+                ended = True
+                web.end(ticket, None if ticket is None else self._route(scope, root_path))
+
+    def _route(self, scope: Scope, root_path: str) -> str | None:
+        # The route's template, after the app ran. Hot path: a Starlette/FastAPI route object
+        # (scope["route"]) and the mount it ran under map to one template, kept here by the
+        # route's id (routes are not hashable) with the route itself, so a freed route's id
+        # reused by a new one cannot match; matching and formatting it again took 3 calls a
+        # request (bench/web_overhead.py --paired).
+        route = scope.get("route")
+        key = (id(route), scope.get("root_path", ""), root_path)
+        kept = self._templates.get(key)
+        if kept is not None and kept[0] is route:
+            return kept[1]
+        try:
+            template = route_template(scope, root_path)
+        except Exception:  # a strange router must not fail the request
+            return None
+        if route is not None and len(self._templates) < _TEMPLATES:
+            self._templates[key] = (route, template)
+        return template
 
     def _tracking(self, scope: Scope, root_path: str) -> AbstractContextManager[None]:
         # A route under diagnosis: match it now (the router sets scope["route"] only later) and

@@ -178,7 +178,7 @@ class Guard:
                 finally:
                     if tracking:
                         self._diagnosis.leave(tracking)  # type: ignore[union-attr]
-                    self._end_step(started, tracked=bool(tracking))
+                    self.end_step(started, tracked=bool(tracking))
             return cast(F, async_wrapper)
 
         @functools.wraps(fn)
@@ -193,18 +193,15 @@ class Guard:
             finally:
                 if tracking:
                     self._diagnosis.leave(tracking)  # type: ignore[union-attr]
-                self._end_step(started, tracked=bool(tracking))
+                self.end_step(started, tracked=bool(tracking))
         return cast(F, wrapper)
 
-    def end_step(self, started: float, now: float) -> None:
-        """One step that began at ``started`` ended at ``now``, both on this guard's clock: for
-        an adapter that times its requests itself (the web guard, one clock read a request and
-        no step object). Only for a guard that records no allocation sites (``diagnose="never"``):
-        there is no diagnosis window to enter or leave."""
-        self._end_step(started, now=now)
-
-    def _end_step(self, started: float, *, tracked: bool = False,
-                  now: float | None = None) -> None:
+    def end_step(self, started: float, now: float | None = None, *,
+                 tracked: bool = False) -> None:
+        """One step that began at ``started`` ended at ``now`` (None: the clock now), both on this
+        guard's clock: for an adapter that times its requests itself (the web guard, one clock
+        read a request and no step object). ``tracked``: the diagnosis window recorded this
+        step's allocation sites (then it is not read)."""
         # Hot path, no lock: next() on itertools.count is atomic under the GIL, and the timing
         # statistics tolerate a lost update between threads. The lock is taken only when a read
         # is due, to elect the one thread that reads. A step the diagnosis window tracked is
@@ -585,4 +582,4 @@ class _Step:
             self._guard._diagnosis.leave(tracked)  # type: ignore[union-attr]
         if error is not None:  # the one test the error-free path pays
             self._guard._step_failed(error)
-        self._guard._end_step(self._started, tracked=bool(tracked))
+        self._guard.end_step(self._started, tracked=bool(tracked))

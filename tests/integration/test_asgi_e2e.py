@@ -106,7 +106,7 @@ def test_status_names_only_the_leaking_route_and_healthz_turns_503(server: str) 
     assert routes[LEAKY]["measured"] + routes[LEAKY]["unsampled"] == 60
     assert routes[LEAKY]["measured"] >= 24
     assert routes[LEAKY]["overlapped"] == 0
-    assert routes[LEAKY]["attribution"]["verdict"] == "leak"
+    assert routes[LEAKY]["attribution"]["verdict"] == "leak", routes[LEAKY]["attribution"]
     assert status["signal"]["counter"] == "native heap (glibc mallinfo2)"
     assert status["signal"]["requests_per_cut"] == 1   # dense: a cut at every request
     assert 0 < status["signal"]["cut_cost_s"] < 0.1    # what one cost, as the budget prices it

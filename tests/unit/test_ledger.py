@@ -50,6 +50,19 @@ def test_a_window_that_overlapped_a_diagnosis_scan_has_no_delta() -> None:
     assert [w.delta for w in finished] == [None]
 
 
+def test_a_window_that_overlapped_a_background_job_keeps_its_delta_but_is_not_quiet() -> None:
+    ledger = Ledger(0.0)
+    ledger.cut(0.0, 0, 0, 0)
+    deltas = []
+    for now, value, busy in ((1.0, 100, 0), (2.0, 300, 1), (3.0, 400, 1), (4.0, 450, 2),
+                             (5.0, 500, 2)):
+        window = ledger.begin()
+        deltas += [(w.delta, w.quiet) for w in ledger.end(window, now - 1.0, now - 0.5, "/a")]
+        deltas += [(w.delta, w.quiet) for w in ledger.cut(now, value, 0, busy)]
+    # A job started in the second window, ran through the third, ended in the fourth.
+    assert deltas == [(100, True), (200, False), (100, False), (50, False), (50, True)]
+
+
 def test_an_unavailable_counter_gives_no_delta() -> None:
     ledger = Ledger(0.0)
     ledger.cut(0.0, None, 0)

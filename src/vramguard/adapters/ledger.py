@@ -26,6 +26,7 @@ class Finished:
     counts: dict[str, float]
     exact: str | None
     end: float
+    quiet: bool = True  # no background work of vramguard's ran in it (see Ledger.cut)
 
 
 @dataclass(slots=True)
@@ -33,12 +34,14 @@ class _Open:
     start: float
     value: int | None
     epoch: int
+    busy: int = 0
     end: float | None = None
     delta: int | None = None
     counts: dict[str, float] = field(default_factory=dict)
     contributors: int = 0
     exact: str | None = None
     tainted: bool = False
+    quiet: bool = True
 
 
 class Ledger:
@@ -56,18 +59,21 @@ class Ledger:
         """Id of the open window."""
         return self._first + len(self._windows) - 1
 
-    def cut(self, now: float, value: int | None, epoch: int) -> list[Finished]:
+    def cut(self, now: float, value: int | None, epoch: int, busy: int = 0) -> list[Finished]:
         """Close the open window at ``now`` with the counter's ``value`` and open the next one.
 
         ``epoch``: the diagnosis scan epoch now (see ``Windows.scan_epoch``); a window whose
-        epoch changed or is odd overlapped a scan and gets no delta.
+        epoch changed or is odd overlapped a scan and gets no delta. ``busy``: the same kind of
+        count for vramguard's other background work (odd while a job runs); a window that
+        overlapped a job keeps its delta but is not ``quiet``.
         """
         window = self._windows[-1]
         window.end = now
         if (value is not None and window.value is not None and epoch == window.epoch
                 and epoch % 2 == 0 and not window.tainted):
             window.delta = value - window.value
-        self._windows.append(_Open(now, value, epoch))
+        window.quiet = busy == window.busy and busy % 2 == 0
+        self._windows.append(_Open(now, value, epoch, busy))
         self.begun_since_cut = self.ended_since_cut = 0
         return self._finish()
 
@@ -125,5 +131,5 @@ class Ledger:
             self._first += 1
             exact = window.exact if window.contributors == 1 else None
             end = window.start if window.end is None else window.end  # always cut here
-            done.append(Finished(window.delta, window.counts, exact, end))
+            done.append(Finished(window.delta, window.counts, exact, end, window.quiet))
         return done

@@ -259,10 +259,20 @@ class Windows:
             window.idle.set()
             self._window = window
             self._next[route] = self._clock() + self._every
+            # Odd from here, before the thread exists: on a loaded machine it may first run
+            # milliseconds later, and what its start allocated would land in requests' windows.
+            self._epoch += 1
         thread = threading.Thread(target=self._run, args=(window,), daemon=True,
                                   name=f"vramguard-diagnosis {route}")
         self._thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the window never was
+            with self._lock:
+                self._window = None
+                self._epoch += 1
+            self.fail("starting the window's thread")
+            return False
         return True
 
     # -- the window's own thread -------------------------------------------------------------------
@@ -272,7 +282,6 @@ class Windows:
         # end, so no request that overlapped any of it is attributed to its route.
         born_keys: frozenset[tuple[int, int]] = frozenset()
         before: Any = None
-        self._epoch += 1
         own.begin()  # the overall Guard's heap series skips the window (see readers.own)
         try:
             # Debug lines mark the window's phases (bench/web_diagnosis_latency.py times other
@@ -323,7 +332,8 @@ class Windows:
                 self._next[window.route] = self._clock() + self._every
             born_keys = frozenset()  # the addresses go with the window
             before = None
-            self._epoch += 1
+            with self._lock:
+                self._epoch += 1
 
     # -- results -----------------------------------------------------------------------------------
     def result(self, route: str) -> RouteDiagnosis | None:
