@@ -8,12 +8,16 @@ WORLD_SIZE in each child's environment); rank 1 grows, the others sit still.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
+
+from vramguard.supervise.probe import TreeProbe
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(),
                                 reason="needs Linux /proc/PID/environ")
@@ -52,3 +56,28 @@ def test_a_breach_names_the_rank_that_holds_the_memory(tmp_path: Path) -> None:
     assert f"most in rank 1 (pid {by_rank[1]['pid']}): rss" in breach["message"]
     give_up = next(e for e in events if e["event"] in ("give_up", "done"))
     assert give_up["status"] != 0
+
+
+def test_a_rank_read_before_its_process_execs_is_read_again() -> None:
+    # Between fork and exec a child still shows its launcher's environment (no RANK): a rank read
+    # then stayed "unranked" for good, and a breach listed ranks [0, 1] of 3 (once in a CI run on
+    # a busy machine). A young process's "no rank" is read again at the next poll; an old one's
+    # is kept (this test's own process, seconds old: read once).
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        calls: dict[int, int] = {}
+
+        def rank_of(pid: int) -> int | None:
+            calls[pid] = calls.get(pid, 0) + 1
+            return 1 if pid == child.pid and calls[pid] > 1 else None  # exec'd after one read
+
+        probe = TreeProbe(rank_of=rank_of)
+        tree = [psutil.Process(os.getpid()), psutil.Process(child.pid)]
+        first, second, third = (probe.read(tree).ranks for _ in range(3))
+        assert first == ()
+        assert [(r.rank, r.pid) for r in second] == [(1, child.pid)]
+        assert [(r.rank, r.pid) for r in third] == [(1, child.pid)]
+        assert calls == {os.getpid(): 1, child.pid: 2}
+    finally:
+        child.kill()
+        child.wait()

@@ -5,6 +5,7 @@ The supervisor takes any :class:`Probe`, so a test can hand it its own readings.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -13,6 +14,8 @@ import psutil
 from vramguard.readers.rank import read_process_identity
 from vramguard.supervise import procs
 from vramguard.supervise.events import RankReading, Reading
+
+_EXEC_WITHIN_S = 2.0  # a younger process may not have exec'd yet (see TreeProbe)
 
 
 class Probe(Protocol):
@@ -35,6 +38,9 @@ class TreeProbe:
         self._rank_of = rank_of or _rank_from_environ
         # pid -> rank (or None): a process's exec-time environment never changes, so each pid
         # is read once; dropped when the pid leaves the tree, so a reused pid is read afresh.
+        # Not a None read from a young process: between fork and exec a child still shows its
+        # parent's environment (no RANK), and a launcher's rank read there stayed unranked for
+        # good (tests/integration/test_supervise_ranks.py, once in a CI run, busy machine).
         self._ranks: dict[int, int | None] = {}
 
     def read(self, tree: Sequence[psutil.Process]) -> Reading:
@@ -48,9 +54,12 @@ class TreeProbe:
         self._ranks = {pid: rank for pid, rank in self._ranks.items() if pid in live}
         groups: dict[int, list[psutil.Process]] = {}
         for proc in tree:  # parents come before their children in procs.tree's order
-            if proc.pid not in self._ranks:
-                self._ranks[proc.pid] = self._rank_of(proc.pid)
-            rank = self._ranks[proc.pid]
+            if proc.pid in self._ranks:
+                rank = self._ranks[proc.pid]
+            else:
+                rank = self._rank_of(proc.pid)
+                if rank is not None or _settled(proc):
+                    self._ranks[proc.pid] = rank
             if rank is not None:
                 groups.setdefault(rank, []).append(proc)
         if len(groups) < 2 and not any(len(g) < len(tree) for g in groups.values()):
@@ -59,6 +68,16 @@ class TreeProbe:
             RankReading(rank, members[0].pid, len(members), procs.rss(members),
                         None if self.vram is None else self.vram([p.pid for p in members]))
             for rank, members in sorted(groups.items()))
+
+
+def _settled(proc: psutil.Process) -> bool:
+    # Whether the process is old enough that its exec, if any, is behind it: a fork's child
+    # execs within milliseconds; 2 s leaves room for a loaded machine. (A re-read is always
+    # right, so erring young costs one file read per poll, never a wrong label.)
+    try:
+        return time.time() - proc.create_time() > _EXEC_WITHIN_S
+    except psutil.Error:
+        return True
 
 
 def _rank_from_environ(pid: int) -> int | None:
