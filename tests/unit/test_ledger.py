@@ -50,17 +50,21 @@ def test_a_window_that_overlapped_a_diagnosis_scan_has_no_delta() -> None:
     assert [w.delta for w in finished] == [None]
 
 
-def test_a_window_that_overlapped_a_background_job_keeps_its_delta_but_is_not_quiet() -> None:
+def test_a_window_cut_while_a_background_job_ran_keeps_its_delta_but_is_not_quiet() -> None:
     ledger = Ledger(0.0)
-    ledger.cut(0.0, 0, 0, 0)
+    ledger.cut(0.0, 0, 0, 0, 0)
     deltas = []
-    for now, value, busy in ((1.0, 100, 0), (2.0, 300, 1), (3.0, 400, 1), (4.0, 450, 2),
-                             (5.0, 500, 2)):
+    for now, value, busy, kept in ((1.0, 100, 0, 0), (2.0, 300, 1, 0), (3.0, 400, 1, 0),
+                                   (4.0, 450, 2, 0), (5.0, 500, 4, 0), (6.0, 600, 6, 1),
+                                   (7.0, 700, 6, 1)):
         window = ledger.begin()
         deltas += [(w.delta, w.quiet) for w in ledger.end(window, now - 1.0, now - 0.5, "/a")]
-        deltas += [(w.delta, w.quiet) for w in ledger.cut(now, value, 0, busy)]
-    # A job started in the second window, ran through the third, ended in the fourth.
-    assert deltas == [(100, True), (200, False), (100, False), (50, False), (50, True)]
+        deltas += [(w.delta, w.quiet) for w in ledger.cut(now, value, 0, busy, kept)]
+    # A job ran across the cuts at 2 and 3 (the windows they end or open are not quiet); a
+    # whole job ran inside the fifth window (quiet: what it used, it freed); a census (a job
+    # that keeps its baseline) ran inside the sixth.
+    assert deltas == [(100, True), (200, False), (100, False), (50, False), (50, True),
+                      (100, False), (100, True)]
 
 
 def test_an_unavailable_counter_gives_no_delta() -> None:

@@ -35,6 +35,7 @@ class _Open:
     value: int | None
     epoch: int
     busy: int = 0
+    kept: int = 0
     end: float | None = None
     delta: int | None = None
     counts: dict[str, float] = field(default_factory=dict)
@@ -59,21 +60,24 @@ class Ledger:
         """Id of the open window."""
         return self._first + len(self._windows) - 1
 
-    def cut(self, now: float, value: int | None, epoch: int, busy: int = 0) -> list[Finished]:
+    def cut(self, now: float, value: int | None, epoch: int, busy: int = 0,
+            kept: int = 0) -> list[Finished]:
         """Close the open window at ``now`` with the counter's ``value`` and open the next one.
 
         ``epoch``: the diagnosis scan epoch now (see ``Windows.scan_epoch``); a window whose
-        epoch changed or is odd overlapped a scan and gets no delta. ``busy``: the same kind of
-        count for vramguard's other background work (odd while a job runs); a window that
-        overlapped a job keeps its delta but is not ``quiet``.
+        epoch changed or is odd overlapped a scan and gets no delta. ``busy``: odd while one of
+        vramguard's background jobs runs, ``kept``: how many jobs that keep memory (a census's
+        baseline) ran so far. A window cut while a job ran (its temporaries alive at a cut) or
+        in which a keeping job ran keeps its delta but is not ``quiet``; a window that merely
+        held a whole job, which freed what it used, is.
         """
         window = self._windows[-1]
         window.end = now
         if (value is not None and window.value is not None and epoch == window.epoch
                 and epoch % 2 == 0 and not window.tainted):
             window.delta = value - window.value
-        window.quiet = busy == window.busy and busy % 2 == 0
-        self._windows.append(_Open(now, value, epoch, busy))
+        window.quiet = busy % 2 == 0 and window.busy % 2 == 0 and kept == window.kept
+        self._windows.append(_Open(now, value, epoch, busy, kept))
         self.begun_since_cut = self.ended_since_cut = 0
         return self._finish()
 

@@ -134,6 +134,7 @@ class WebGuard:
         self._log = WindowLog()
         self._cuts = 0
         self._busy = 0         # +1 as each worker job starts and ends (see _background)
+        self._kept = 0         # ... and +1 as a census job starts and ends
         self._gap = 1          # requests (begun since the last cut) until the next sample
         self._closing = False  # the last cut opened a sample: the next idle start closes it
         self._jitter = random.Random(0)
@@ -273,7 +274,7 @@ class WebGuard:
         if value is not None:
             self._last_reading = value
         epoch = self._windows.scan_epoch
-        self._book(self._ledger.cut(now, value, epoch, self._busy))
+        self._book(self._ledger.cut(now, value, epoch, self._busy, self._kept))
         if self._observe and epoch % 2 == 0:  # no diagnosis window's records on the heap
             self.guard.observe(value)
         cost = time.thread_time() - started
@@ -288,12 +289,16 @@ class WebGuard:
             if window.exact is not None:
                 self._routes.measure(window.exact, window.end, window.delta)
             if window.quiet:
-                # Not one that overlapped the worker's job: a route check's or a census's
-                # temporaries and results are tens to hundreds of kilobytes on the heap
-                # counter, which the fit (unlike the route's series, which clips) took as the
-                # routes' noise: a server's first census put 270 KB in one window, and a
-                # route keeping 6.7 KiB a request read "inconclusive" (tests/integration/
-                # test_asgi_e2e.py beside two busy loops, 3 runs in 8).
+                # Not one cut while the worker's job ran, nor one a census ran in: a route
+                # check's temporaries alive at a cut and a census's baseline are tens to
+                # hundreds of kilobytes on the heap counter, which the fit (unlike the
+                # route's series, which clips) took as the routes' noise: a server's first
+                # census put 270 KB in one window, and a route keeping 6.7 KiB a request read
+                # "inconclusive" (tests/integration/test_asgi_e2e.py beside two busy loops, 3
+                # runs in 8). A window that held a whole route check stays: at the default
+                # budget those are the long windows between sampled requests, a quarter of
+                # them and most of the requests, and leaving them out delayed the route
+                # verdicts by ~150 requests (bench/web_routes.py --work 100).
                 self._log.add(Window(float(window.delta), window.counts))
 
     def _cut_period(self) -> int:
@@ -385,8 +390,10 @@ class WebGuard:
         # follow_graphs).
         kind, *args = cast("tuple[Any, ...]", job)
         started = time.perf_counter()
-        with self._lock:  # odd while the job runs: the windows it overlaps are not quiet
+        keeps = kind == "census"  # its baseline stays on the heap
+        with self._lock:  # odd while the job runs: the windows cut meanwhile are not quiet
             self._busy += 1
+            self._kept += keeps
         try:
             if self.guard.device.is_cpu:
                 # This thread's analysis frees lists sized by the sample count into its own
@@ -400,6 +407,7 @@ class WebGuard:
         finally:
             with self._lock:
                 self._busy += 1
+                self._kept += keeps
         # The record's thread name says where it ran (the tests).
         _log.debug("vramguard: %s %s done in %.1f ms", kind, args,
                    (time.perf_counter() - started) * 1e3)
