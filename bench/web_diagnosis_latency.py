@@ -43,7 +43,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.net import free_port  # noqa: E402
+from _servers import free_port, launch  # noqa: E402  (bench/ is on sys.path as a script)
 
 PHASES = ("scanning", "open", "explaining")
 _SERVER = """
@@ -114,20 +114,7 @@ def _serve(*, guard: bool, sync: bool, work: int, rows: int, ballast: int, log: 
     port = free_port()
     code = _SERVER.format(log=log, ballast=ballast, sync=sync, work=work, rows=rows, guard=guard,
                           port=port, stalls=stalls)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if process.poll() is not None:
-            raise SystemExit("server died")
-        try:
-            httpx.get(f"{base}/clean", timeout=5)
-            return process, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("server did not start")
+    return launch(code, port, "/clean", tries=600, timeout=5)
 
 
 def _read_log(path: str) -> tuple[dict[str, float], int, float | None]:

@@ -19,25 +19,14 @@ Run: python bench/web_routes.py [--sequential 1000] [--concurrent 2000] [--rows 
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from _servers import free_port, launch  # bench/ is on sys.path when run as a script
 
 
 def serve(options: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -46,18 +35,7 @@ def serve(options: str) -> tuple[subprocess.Popen[bytes], str]:
             "from tests.integration.targets.web_apps import leaky_app; "
             f"uvicorn.run(leaky_app({options}), host='127.0.0.1', port={port}, "
             "log_level='warning')")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{base}/vramguard/healthz", timeout=1)
-            return process, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("server did not start")
+    return launch(code, port, "/vramguard/healthz")
 
 
 def routes(client: httpx.Client) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import socket
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
-from _workload import matmul_repetitions  # bench/ is on sys.path when run as a script
-
-ROOT = Path(__file__).resolve().parents[1]
+from _servers import free_port, launch  # bench/ is on sys.path when run as a script
+from _workload import matmul_repetitions
+from web_overhead import percentile
 
 APP = """
 import torch, uvicorn
@@ -69,33 +65,10 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve(arm: str, reps: int, budget: float | None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    code = APP.format(reps=reps, arm=arm, port=port, budget=budget)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{base}/predict", timeout=1)
-            return process, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"the {arm} server did not start")
-
-
-def percentile(values: list[float], share: float) -> float:
-    """The ``share`` quantile (0.999: p99.9) of ``values``, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+    return launch(APP.format(reps=reps, arm=arm, port=port, budget=budget), port, "/predict",
+                  f"{arm} server")
 
 
 def main(requests: int, handler_s: float, warmup: int, budget: float) -> None:

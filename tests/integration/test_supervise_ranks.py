@@ -62,7 +62,7 @@ def test_a_rank_read_before_its_process_execs_is_read_again() -> None:
     # Between fork and exec a child still shows its launcher's environment (no RANK): a rank read
     # then stayed "unranked" for good, and a breach listed ranks [0, 1] of 3 (once in a CI run on
     # a busy machine). A young process's "no rank" is read again at the next poll; an old one's
-    # is kept (this test's own process, seconds old: read once).
+    # is kept (read once). The ages are given (0.5 s and a minute), whatever the machine's load.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         calls: dict[int, int] = {}
@@ -71,7 +71,8 @@ def test_a_rank_read_before_its_process_execs_is_read_again() -> None:
             calls[pid] = calls.get(pid, 0) + 1
             return 1 if pid == child.pid and calls[pid] > 1 else None  # exec'd after one read
 
-        probe = TreeProbe(rank_of=rank_of)
+        ages = {child.pid: 0.5, os.getpid(): 60.0}
+        probe = TreeProbe(rank_of=rank_of, age=lambda proc: ages[proc.pid])
         tree = [psutil.Process(os.getpid()), psutil.Process(child.pid)]
         first, second, third = (probe.read(tree).ranks for _ in range(3))
         assert first == ()

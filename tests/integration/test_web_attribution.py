@@ -360,8 +360,10 @@ def test_what_the_workers_jobs_leave_on_the_heap_is_not_fitted_to_the_routes(
 
     for i in range(140):
         if i in (40, 100):  # the two jobs, each spanning three requests
-            job.update(holds=270 * KIB, frees=0) if i == 40 else job.update(
-                holds=100 * KIB, frees=100 * KIB)
+            if i == 40:
+                job.update(holds=270 * KIB, frees=0)
+            else:
+                job.update(holds=100 * KIB, frees=100 * KIB)
             started.clear()
             release.clear()
             assert server.web._worker.ask(("route", "/clean"))

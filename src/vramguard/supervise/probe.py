@@ -33,9 +33,11 @@ class TreeProbe:
     """
 
     def __init__(self, vram: Callable[[Sequence[int]], int | None] | None = None, *,
-                 rank_of: Callable[[int], int | None] | None = None) -> None:
+                 rank_of: Callable[[int], int | None] | None = None,
+                 age: Callable[[psutil.Process], float] | None = None) -> None:
         self.vram = vram
         self._rank_of = rank_of or _rank_from_environ
+        self._age = age or _age  # seconds since the process started (injected in tests)
         # pid -> rank (or None): a process's exec-time environment never changes, so each pid
         # is read once; dropped when the pid leaves the tree, so a reused pid is read afresh.
         # Not a None read from a young process: between fork and exec a child still shows its
@@ -49,6 +51,15 @@ class TreeProbe:
         return Reading(processes=len(tree), rss=procs.rss(tree), vram=vram,
                        vram_watched=self.vram is not None, ranks=self._by_rank(tree))
 
+    def _settled(self, proc: psutil.Process) -> bool:
+        # Whether the process is old enough that its exec, if any, is behind it: a fork's child
+        # execs within milliseconds; 2 s leaves room for a loaded machine. (A re-read is always
+        # right, so erring young costs one file read per poll, never a wrong label.)
+        try:
+            return self._age(proc) > _EXEC_WITHIN_S
+        except psutil.Error:
+            return True
+
     def _by_rank(self, tree: Sequence[psutil.Process]) -> tuple[RankReading, ...]:
         live = {p.pid for p in tree}
         self._ranks = {pid: rank for pid, rank in self._ranks.items() if pid in live}
@@ -58,7 +69,7 @@ class TreeProbe:
                 rank = self._ranks[proc.pid]
             else:
                 rank = self._rank_of(proc.pid)
-                if rank is not None or _settled(proc):
+                if rank is not None or self._settled(proc):
                     self._ranks[proc.pid] = rank
             if rank is not None:
                 groups.setdefault(rank, []).append(proc)
@@ -70,14 +81,8 @@ class TreeProbe:
             for rank, members in sorted(groups.items()))
 
 
-def _settled(proc: psutil.Process) -> bool:
-    # Whether the process is old enough that its exec, if any, is behind it: a fork's child
-    # execs within milliseconds; 2 s leaves room for a loaded machine. (A re-read is always
-    # right, so erring young costs one file read per poll, never a wrong label.)
-    try:
-        return time.time() - proc.create_time() > _EXEC_WITHIN_S
-    except psutil.Error:
-        return True
+def _age(proc: psutil.Process) -> float:
+    return time.time() - proc.create_time()
 
 
 def _rank_from_environ(pid: int) -> int | None:
