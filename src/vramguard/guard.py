@@ -36,7 +36,7 @@ from vramguard.guard_diagnosis import GuardDiagnosis, build_report
 from vramguard.readers import own
 from vramguard.readers.census import Census, TensorGroup, diff_groups
 from vramguard.readers.device import Device, resolve_device
-from vramguard.readers.heap import prime_thread_cache
+from vramguard.readers.heap import fill_seconds, prime_thread_cache
 from vramguard.readers.rank import RankIdentity, read_identity
 from vramguard.readers.sampler import Sampler
 from vramguard.sampling import Budget, History
@@ -259,9 +259,11 @@ class Guard:
                 # Once per thread (~0.5 ms), before the read is timed: paid from the
                 # account, but not the read cost that sets the read period.
                 prime_thread_cache()
-            started = _own_time()
+            started, filled = _own_time(), fill_seconds()
             sample = self._sampler.read(request, now, census)
-            account.read_took(_own_time() - started)
+            # A filling of the heap's holes inside this read is paid (``paid`` below), but it
+            # is no read's price: the reads after it are the cheaper for it (readers/heap.py).
+            account.read_took(max(0.0, _own_time() - started - (fill_seconds() - filled)))
             if census is None:  # a census's own after-effect is no read's
                 # The pair that measures this read's after-effect: this step, unless it began
                 # right after a read itself, and the next (``request`` is 0-based).

@@ -40,7 +40,7 @@ from vramguard.analysis.suspects import Suspect, TensorGrowth
 from vramguard.analysis.verdict import Verdict, VerdictKind, decide
 from vramguard.guard import Guard
 from vramguard.readers.device import resolve_device
-from vramguard.readers.heap import prime_thread_cache
+from vramguard.readers.heap import fill_seconds, prime_thread_cache
 from vramguard.readers.sampler import Sampler
 from vramguard.sampling import ACCOUNT_SHARE, cost_estimate
 
@@ -140,6 +140,7 @@ class WebGuard:
         self._jitter = random.Random(0)
         self._read_cost = 0.0     # seconds one cut costs (read and bookkeeping)
         self._cuts_spent = 0.0    # seconds all cuts cost
+        self._fills_spent = 0.0   # ... of which the heap fillings inside their reads
         self._last_reading: int | None = None  # the last cut's counter value
         self._attribution: tuple[int, float, Attribution] | None = None  # (added, at, result)
         self._request_time = 0.0  # EWMA: seconds per request
@@ -268,7 +269,7 @@ class WebGuard:
         # What a cut costs is the read *and* the bookkeeping of the windows it finishes (the
         # route's series, the window log): 15-20 us beside a 5 us read here; budgeting the read
         # alone cut 3-4x as often as the budget affords (bench/web_overhead.py).
-        started = time.thread_time()
+        started, filled = time.thread_time(), fill_seconds()
         value = self._counter.read()
         self._cuts += 1
         if value is not None:
@@ -279,7 +280,11 @@ class WebGuard:
             self.guard.observe(value)
         cost = time.thread_time() - started
         self._cuts_spent += cost
-        self._read_cost = cost_estimate(self._read_cost, cost)  # the Guard's rule for costs
+        # A filling of the heap's holes inside the read is paid, but it is no cut's price:
+        # the cuts after it are the cheaper for it (readers/heap.py).
+        filling = min(cost, fill_seconds() - filled)
+        self._fills_spent += filling
+        self._read_cost = cost_estimate(self._read_cost, cost - filling)  # the Guard's rule
 
     def _book(self, finished: list[Finished]) -> None:
         # Under the lock: exact windows feed their route's series, every usable one the log.
@@ -319,7 +324,7 @@ class WebGuard:
         # each other to measure it (see __init__).
         if not self._cuts:  # before the first: the counter's guess (Counter.first_read_guess_s)
             return self._counter.first_read_guess_s
-        return max(self._read_cost, self._cuts_spent / self._cuts)
+        return max(self._read_cost, (self._cuts_spent - self._fills_spent) / self._cuts)
 
     def _affords(self, cuts: int) -> bool:
         # Under the lock. Whether the cuts' share of the request time so far pays for ``cuts``

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
+import time
 from collections.abc import Callable
 
 _PROBE_BYTES = 40 << 20
@@ -140,6 +141,131 @@ def prime_thread_cache(*, long_lived: bool = False) -> None:
         return
 
 
+# Request sizes for filling the heap's holes, largest first, ~1.2x apart down to the least chunk
+# (24 B asks for a 32 B chunk): a hole ends up taken by the largest request it fits, and what
+# is left of it (under a fifth) by the smaller ones after.
+_FILL_REQUESTS = sorted({int(24 * 1.2 ** k) // 16 * 16 + 8 for k in range(40)
+                         if 24 * 1.2 ** k < 70_000}, reverse=True)
+_FILL_AT = 256              # free chunks (all arenas) more than after the last filling: fill
+_FILL_CHECK = 64            # blocks between two reads that check the filling (see _take)
+_CHUNK_HEADER = 16          # a block's address less its chunk's (64-bit glibc)
+_FILL_MAX_BYTES = 4 << 20   # one filling takes at most this much ...
+_FILL_MAX_TOTAL = 64 << 20  # ... and all of a process's fillings together
+
+
+class _Holes:
+    """The main heap's free chunks (its holes), taken with blocks kept for good, and the bytes
+    they hold, which every heap reading leaves out. One per process: the heap is the process's.
+
+    Why: ``mallinfo2`` counts the free chunks one by one, and cold (after a request's or a
+    step's work evicted them from the caches) each one costs a memory access. A process with
+    torch, scipy and vramguard imported has 300-900 of them and a cold read costs 50-140 us of
+    CPU, 5-25 us once they are taken; a leak interleaves kept tensors with freed temporaries
+    and adds about one a request (bench/web_routes.py's app: ~2,400 after 2,000 requests, a
+    read 0.36 ms). That cost is what the budget prices, so it is how rarely the guard can look
+    (BENCHMARKS.md, "Filling the heap's holes").
+    No allocator API compacts glibc's heap, hence this.
+
+    When: inside a reading in the main thread that finds ``_FILL_AT`` more free chunks (all
+    arenas) than the last filling left. How: each size, largest first, is asked for (``calloc``
+    up to the tcache's sizes, which bypasses the thread's tcache, so it stays as primed) until
+    glibc carves it from the top of the heap rather than a hole (see ``_take``). What it took
+    is the in-use bytes' change across it, read in the same thread under the lock that every
+    reading takes, so the readings stay the service's own bytes. Holes in other threads'
+    arenas (a threadpool's) are not taken. The cost: the holes' bytes (tens to hundreds of
+    bytes each), kept for the process's life, at most ``_FILL_MAX_TOTAL`` in all, and ~1 us a
+    hole (~1 ms for 900), which the readers pay from their budget but leave out of a read's
+    price (``fill_seconds``): a filling is rare and makes the reads after it cheaper.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.taken = 0           # bytes the kept blocks hold: left out of every reading
+        self.spent_s = 0.0       # CPU time the fillings took, in all
+        self._next = _FILL_AT    # fill when the free chunks exceed this
+        self._fill: Callable[[_MallInfo2], None] | None = None
+        try:
+            mallinfo2, libc = _bind_mallinfo2(), _malloc_free()
+            libc.calloc.restype = ctypes.c_void_p
+            libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+            libc.sbrk.restype = ctypes.c_void_p
+            libc.sbrk.argtypes = [ctypes.c_ssize_t]
+            self._mallinfo2, self._libc = mallinfo2, libc
+        except (OSError, AttributeError):  # not glibc: nothing to fill
+            return
+        self._fill = self._take
+
+    def due(self, info: _MallInfo2) -> bool:
+        """Whether a reading's free chunks call for a filling now (under ``lock``)."""
+        return (info.ordblks + info.smblks > self._next and self._fill is not None
+                and self.taken < _FILL_MAX_TOTAL
+                and threading.current_thread() is threading.main_thread())
+
+    def fill(self, info: _MallInfo2) -> None:
+        """Take the holes, ``info`` being the reading just taken (under ``lock``); never raises."""
+        if self._fill is None:
+            return
+        started = time.thread_time()
+        try:
+            self._fill(info)
+        except Exception:  # a nicety: never a reason for a reading to fail
+            self._fill = None
+        self.spent_s += time.thread_time() - started
+
+    def _take(self, before: _MallInfo2) -> None:
+        # Whether a block came from the top is told by its address, not by a read per block:
+        # with hundreds of holes, a read after each block walked all that were left (5.5 ms for
+        # 880 holes, measured) where this takes ~1 ms. glibc carves a block from the top at the
+        # top chunk's start, and the main heap's top ends at the program break: its start is
+        # the break less its size (``keepcost``). A read every ``_FILL_CHECK`` blocks checks it
+        # (a main heap that is not contiguous, or mmap serving small blocks, stops the filling
+        # for good) and ends a size that only splits a big hole (the hole count did not fall).
+        mallinfo2, libc = self._mallinfo2, self._libc
+        budget = min(_FILL_MAX_BYTES, _FILL_MAX_TOTAL - self.taken)
+        top = int(libc.sbrk(0)) - int(before.keepcost)
+        last, blocks = before, 0
+        for size in _FILL_REQUESTS:
+            # calloc bypasses the thread's tcache (which stays as primed); above the tcache's
+            # sizes malloc does too, without clearing the block.
+            small = size <= _TCACHE_REQUESTS[-1]
+            while last.uordblks - before.uordblks < budget:
+                block = libc.calloc(1, size) if small else libc.malloc(size)
+                if not block:
+                    break
+                if block - _CHUNK_HEADER == top:  # from the top: no hole of this size left
+                    if not small:  # freed: back into the top
+                        libc.free(block)
+                    else:  # freed, it would go to the tcache or stay a fastbin chunk: kept
+                        top += size + 8  # the chunk: the size asked (16n + 8) and its header
+                    break
+                blocks += 1
+                if blocks % _FILL_CHECK == 1:
+                    info = mallinfo2()
+                    if (info.hblkhd != last.hblkhd
+                            or int(libc.sbrk(0)) - int(info.keepcost) != top):
+                        self._fill = None  # the address test does not hold here
+                        break
+                    holes, before_holes = info.ordblks + info.smblks, last.ordblks + last.smblks
+                    last = info
+                    if blocks > 1 and holes >= before_holes:  # splitting one big hole
+                        break
+            if self._fill is None:
+                break
+        last = mallinfo2()
+        self.taken += max(0, int(last.uordblks) - int(before.uordblks))
+        self._next = last.ordblks + last.smblks + _FILL_AT
+
+
+_holes = _Holes()
+
+
+def fill_seconds() -> float:
+    """CPU seconds this process's heap fillings took so far (see ``_Holes``): a reader that
+    times its read takes them out of the read's price (a filling is rare, and makes the reads
+    after it cheaper), but still pays them from its budget."""
+    return _holes.spent_s
+
+
 _NUMPY_SMALL_BUFFER = 1024  # numpy's alloc.c: data buffers under this many bytes are cached
 _NUMPY_CACHED_PER_SIZE = 7   # ... up to this many per byte size (NCACHE)
 
@@ -191,11 +317,15 @@ class HeapCounter:
         self._read: Callable[[], int] | None = None
         try:
             if probe is None:
-                mallinfo2 = _bind_mallinfo2()
+                mallinfo2, holes = _bind_mallinfo2(), _holes
 
                 def probe() -> int:
-                    info = mallinfo2()
-                    return int(info.uordblks) + int(info.hblkhd)
+                    with holes.lock:
+                        info = mallinfo2()
+                        value = int(info.uordblks) + int(info.hblkhd) - holes.taken
+                        if holes.due(info):  # after the value: the filling is not in it
+                            holes.fill(info)
+                    return value
             self._check(probe)
         except (OSError, AttributeError) as exc:
             self.reason = f"glibc mallinfo2() is not available here ({exc})"
