@@ -146,7 +146,8 @@ def prime_thread_cache(*, long_lived: bool = False) -> None:
 # is left of it (under a fifth) by the smaller ones after.
 _FILL_REQUESTS = sorted({int(24 * 1.2 ** k) // 16 * 16 + 8 for k in range(40)
                          if 24 * 1.2 ** k < 70_000}, reverse=True)
-_FILL_AT = 256              # free chunks (all arenas) more than after the last filling: fill
+_FILL_AT = 256              # free chunks (all arenas) new since the last filling: fill ...
+_FILL_RENT = 8              # ... once the readings since walked them this many times over
 _FILL_CHECK = 64            # blocks between two reads that check the filling (see _take)
 _CHUNK_HEADER = 16          # a block's address less its chunk's (64-bit glibc)
 _FILL_MAX_BYTES = 4 << 20   # one filling takes at most this much ...
@@ -167,7 +168,8 @@ class _Holes:
     No allocator API compacts glibc's heap, hence this.
 
     When: inside a reading in the main thread that finds ``_FILL_AT`` more free chunks (all
-    arenas) than the last filling left. How: each size, largest first, is asked for (``calloc``
+    arenas) than the last filling left, once the readings have walked them long enough to pay
+    for it (``due``). How: each size, largest first, is asked for (``calloc``
     up to the tcache's sizes, which bypasses the thread's tcache, so it stays as primed) until
     glibc carves it from the top of the heap rather than a hole (see ``_take``). What it took
     is the in-use bytes' change across it, read in the same thread under the lock that every
@@ -182,7 +184,8 @@ class _Holes:
         self.lock = threading.Lock()
         self.taken = 0           # bytes the kept blocks hold: left out of every reading
         self.spent_s = 0.0       # CPU time the fillings took, in all
-        self._next = _FILL_AT    # fill when the free chunks exceed this
+        self._base = 0           # free chunks the last filling left (0: none yet)
+        self._walked = 0         # free chunks beyond those that the readings since walked
         self._fill: Callable[[_MallInfo2], None] | None = None
         try:
             mallinfo2, libc = _bind_mallinfo2(), _malloc_free()
@@ -196,9 +199,21 @@ class _Holes:
         self._fill = self._take
 
     def due(self, info: _MallInfo2) -> bool:
-        """Whether a reading's free chunks call for a filling now (under ``lock``)."""
-        return (info.ordblks + info.smblks > self._next and self._fill is not None
-                and self.taken < _FILL_MAX_TOTAL
+        """Whether a reading's free chunks call for a filling now (under ``lock``).
+
+        When at least ``_FILL_AT`` chunks are new since the last filling, and the readings
+        since have walked them often enough to have paid for taking them: a chunk costs ~1 us
+        to take and 0.1-0.25 us a cold read to walk (measured), so a filling waits until the
+        readings walked the new chunks ``_FILL_RENT`` times over (rent, then buy). Where reads
+        are frequent that is at once; where the budget affords few (a leaking server of
+        sub-millisecond requests), fillings do not eat the budget their reads would have had.
+        """
+        new = info.ordblks + info.smblks - self._base
+        if new <= 0:
+            return False
+        self._walked += new
+        return (new >= _FILL_AT and self._walked >= _FILL_RENT * new
+                and self._fill is not None and self.taken < _FILL_MAX_TOTAL
                 and threading.current_thread() is threading.main_thread())
 
     def fill(self, info: _MallInfo2) -> None:
@@ -253,7 +268,7 @@ class _Holes:
                 break
         last = mallinfo2()
         self.taken += max(0, int(last.uordblks) - int(before.uordblks))
-        self._next = last.ordblks + last.smblks + _FILL_AT
+        self._base, self._walked = last.ordblks + last.smblks, 0
 
 
 _holes = _Holes()
