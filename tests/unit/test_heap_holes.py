@@ -123,3 +123,4 @@ print(json.dumps(dict(holed=holed, after_thread=after_thread, taken_by_thread=ta
     assert result["reads"] == 7, result
     assert result["after_main"] < 100, result
     assert result["again"] <= result["after_main"] + 10, result
+

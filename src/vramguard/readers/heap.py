@@ -141,16 +141,16 @@ def prime_thread_cache(*, long_lived: bool = False) -> None:
         return
 
 
-# Request sizes for filling the heap's holes, largest first, ~1.2x apart down to the least chunk
-# (24 B asks for a 32 B chunk): a hole ends up taken by the largest request it fits, and what
-# is left of it (under a fifth) by the smaller ones after.
+# Request sizes for filling the heap's holes, largest first, ~1.2x apart from the tcache's
+# largest (1,032 B) down to the least chunk (24 B asks for a 32 B chunk): a hole ends up taken
+# by the largest request it fits, and what is left of it (under a fifth) by the smaller ones.
 _FILL_REQUESTS = sorted({int(24 * 1.2 ** k) // 16 * 16 + 8 for k in range(40)
-                         if 24 * 1.2 ** k < 70_000}, reverse=True)
+                         if 24 * 1.2 ** k < 1032}, reverse=True)
 _FILL_AT = 256              # free chunks (all arenas) new since the last filling: fill ...
 _FILL_RENT = 8              # ... once the readings since walked them this many times over
 _FILL_CHECK = 64            # blocks between two reads that check the filling (see _take)
 _CHUNK_HEADER = 16          # a block's address less its chunk's (64-bit glibc)
-_FILL_MAX_BYTES = 4 << 20   # one filling takes at most this much ...
+_FILL_MAX_BYTES = 1 << 20   # one filling takes at most this much ...
 _FILL_MAX_TOTAL = 64 << 20  # ... and all of a process's fillings together
 
 
@@ -169,15 +169,16 @@ class _Holes:
 
     When: inside a reading in the main thread that finds ``_FILL_AT`` more free chunks (all
     arenas) than the last filling left, once the readings have walked them long enough to pay
-    for it (``due``). How: each size, largest first, is asked for (``calloc``
-    up to the tcache's sizes, which bypasses the thread's tcache, so it stays as primed) until
-    glibc carves it from the top of the heap rather than a hole (see ``_take``). What it took
-    is the in-use bytes' change across it, read in the same thread under the lock that every
-    reading takes, so the readings stay the service's own bytes. Holes in other threads'
-    arenas (a threadpool's) are not taken. The cost: the holes' bytes (tens to hundreds of
-    bytes each), kept for the process's life, at most ``_FILL_MAX_TOTAL`` in all, and ~1 us a
-    hole (~1 ms for 900), which the readers pay from their budget but leave out of a read's
-    price (``fill_seconds``): a filling is rare and makes the reads after it cheaper.
+    for it (``due``). How: each size up to 1 KiB, largest first, is asked for with
+    ``calloc`` (which bypasses the thread's tcache, so it stays as primed) until glibc carves
+    it from the top of the heap, or from what is left of a hole larger than every size (see
+    ``_take``). What it took is the in-use bytes' change across it, read in the same thread
+    under the lock that every reading takes, so the readings stay the service's own bytes.
+    Holes in other threads' arenas (a threadpool's) are not taken. The cost: the holes' bytes
+    (tens to hundreds of bytes each), kept for the process's life, at most ``_FILL_MAX_TOTAL``
+    in all, and ~1 us a hole (~1 ms for 900), which the readers pay from their budget but leave
+    out of a read's price (``fill_seconds``): a filling is rare, and the reads after it are
+    the cheaper for it.
     """
 
     def __init__(self) -> None:
@@ -234,25 +235,29 @@ class _Holes:
         # top chunk's start, and the main heap's top ends at the program break: its start is
         # the break less its size (``keepcost``). A read every ``_FILL_CHECK`` blocks checks it
         # (a main heap that is not contiguous, or mmap serving small blocks, stops the filling
-        # for good) and ends a size that only splits a big hole (the hole count did not fall).
+        # for good). A block right after the one before it was carved from what was left of
+        # the same hole: one larger than every size asked, where the service's own working
+        # memory is (a DDP rank's 32-64 KiB gradients between steps); taking those moved the
+        # rank's temporaries to the top of the heap (4.5-5.5 MB taken a rank, 3x the page
+        # faults, measured), so a size ends there, and no size asked is over 1 KiB. A large
+        # hole is one chunk to walk: the small ones are what costs.
         mallinfo2, libc = self._mallinfo2, self._libc
         budget = min(_FILL_MAX_BYTES, _FILL_MAX_TOTAL - self.taken)
         top = int(libc.sbrk(0)) - int(before.keepcost)
         last, blocks = before, 0
         for size in _FILL_REQUESTS:
-            # calloc bypasses the thread's tcache (which stays as primed); above the tcache's
-            # sizes malloc does too, without clearing the block.
-            small = size <= _TCACHE_REQUESTS[-1]
+            chunk, previous = size + 8, 0  # the chunk: the size asked (16n + 8) and its header
             while last.uordblks - before.uordblks < budget:
-                block = libc.calloc(1, size) if small else libc.malloc(size)
+                # calloc bypasses the thread's tcache, which stays as primed
+                block = libc.calloc(1, size)
                 if not block:
                     break
                 if block - _CHUNK_HEADER == top:  # from the top: no hole of this size left
-                    if not small:  # freed: back into the top
-                        libc.free(block)
-                    else:  # freed, it would go to the tcache or stay a fastbin chunk: kept
-                        top += size + 8  # the chunk: the size asked (16n + 8) and its header
+                    top += chunk  # kept: freed, it would go to the tcache or a fastbin
                     break
+                if block == previous + chunk:  # splitting a large hole
+                    break
+                previous = block
                 blocks += 1
                 if blocks % _FILL_CHECK == 1:
                     info = mallinfo2()
@@ -260,10 +265,7 @@ class _Holes:
                             or int(libc.sbrk(0)) - int(info.keepcost) != top):
                         self._fill = None  # the address test does not hold here
                         break
-                    holes, before_holes = info.ordblks + info.smblks, last.ordblks + last.smblks
                     last = info
-                    if blocks > 1 and holes >= before_holes:  # splitting one big hole
-                        break
             if self._fill is None:
                 break
         last = mallinfo2()
