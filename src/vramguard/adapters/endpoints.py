@@ -25,6 +25,7 @@ from vramguard.adapters.web import WebGuard
 from vramguard.adapters.window import RouteDiagnosis
 from vramguard.analysis.samples import Sample
 from vramguard.analysis.verdict import Verdict
+from vramguard.readers.heap import filled_bytes
 from vramguard.report import Report as CheckResult
 from vramguard.reporters.json_report import check_document
 
@@ -215,7 +216,10 @@ def status_document(web: WebGuard) -> dict[str, Any]:
         "signal": {"counter": web.signal, "unavailable": web.signal_reason,
                    "windows": attribution.windows, "cut_cost_s": cut_cost,
                    "requests_per_cut": per_cut,
-                   "fresh_thread_requests": web.fresh_thread_requests},
+                   "fresh_thread_requests": web.fresh_thread_requests,
+                   # What filling the heap's holes keeps (readers/heap.py): vramguard's own
+                   # memory, left out of the readings (0 off CPU or where nothing was filled).
+                   "heap_filled_bytes": filled_bytes() if web.guard.device.is_cpu else 0},
         "cleanup": {"runs": cleanup.runs, "freed_bytes": cleanup.freed_bytes,
                     "seconds": cleanup.seconds},
         # The background worker (route checks, censuses): null while it works; else why it

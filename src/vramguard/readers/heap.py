@@ -276,6 +276,12 @@ class _Holes:
 _holes = _Holes()
 
 
+def filled_bytes() -> int:
+    """Bytes this process's heap fillings keep (see ``_Holes``; the status's
+    ``signal.heap_filled_bytes``): the guard's own memory, left out of every reading."""
+    return _holes.taken
+
+
 def fill_seconds() -> float:
     """CPU seconds this process's heap fillings took so far (see ``_Holes``): a reader that
     times its read takes them out of the read's price (a filling is rare, and makes the reads
